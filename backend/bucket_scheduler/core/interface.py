@@ -1,0 +1,88 @@
+"""The contract between the scheduling core and whatever drives it.
+
+Drivers: the torch engine (runtime/engine.py), the cost-model replay
+(core/replay.py) and benchmarks. All of them call the same four methods:
+
+    sched.add(req)                 -> bool   (False: req.state is REJECTED, req.reject_reason says why)
+    out = sched.schedule(now)      -> SchedulerOutput (one iteration)
+    sched.on_tokens(req_id, n, now)          (n new tokens were produced for a running request)
+    sched.finish(req_id, now) / sched.cancel(req_id, now)
+
+Iteration-level model: every engine step calls schedule(); the output names the
+requests to prefill this step (new admissions, to be joined to the running
+batch), the ones to preempt (drop their KV; they are WAITING again and will be
+recomputed later), and the full running set to decode.  A policy that runs
+batches to completion (static, uellm) simply admits nothing while its batch
+still runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .request import Request
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    low: int  # inclusive
+    up: int  # exclusive
+    depth: int  # waiting requests in it
+    n_max: int  # memory-safe batch size for it right now
+
+
+@dataclass
+class StepStats:
+    """What one schedule() call decided, for metrics, logs and benchmarks."""
+
+    buckets: list[BucketInfo] = field(default_factory=list)
+    batch_size: int = 0  # running after this step's admissions
+    num_waiting: int = 0
+    num_prefill: int = 0
+    num_preempted: int = 0
+    bucket_low: int | None = None  # range of the bucket the batch came from (None: no grouping)
+    bucket_up: int | None = None
+    # Padding efficiency of the prefill batch planned this step: useful token
+    # slots / computed token slots (1.0 when nothing is prefilled).
+    prefill_padding_efficiency: float = 1.0
+    planned_kv_bytes: int = 0  # worst-case KV of the running set
+    budget_bytes: int = 0  # safe budget this step
+    min_slo_slack_s: float | None = None  # least slack among waiting/running online requests
+    decision_us: float = 0.0
+
+
+@dataclass
+class SchedulerOutput:
+    prefill: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+    running: list[Request] = field(default_factory=list)  # decode set after admissions, includes prefill
+    stats: StepStats = field(default_factory=StepStats)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.running
+
+
+class Scheduler(Protocol):
+    def add(self, req: Request) -> bool: ...
+
+    def schedule(self, now: float) -> SchedulerOutput: ...
+
+    def on_tokens(self, request_id: str, n: int, now: float) -> None: ...
+
+    def finish(self, request_id: str, now: float) -> None: ...
+
+    def cancel(self, request_id: str, now: float) -> None: ...
+
+    def set_kv_bytes_in_use(self, nbytes: int) -> None:
+        """Real bytes the runner's KV tensors hold now (reported back each step)."""
+        ...
+
+    @property
+    def num_waiting(self) -> int: ...
+
+    @property
+    def num_running(self) -> int: ...
+
+    def has_work(self) -> bool: ...
