@@ -1,0 +1,1 @@
+"""Torch runtime: model preparation, runner, detokenizer and the engine thread."""

@@ -1,0 +1,79 @@
+"""The engine's in-process API: what callers (Triton model, benchmarks, tests) hand in and get back.
+
+Plain dataclasses, no torch import, so the Triton adapter can import them cheaply.
+
+    engine = Engine(EngineConfig(...)); engine.start()
+    engine.submit(GenerationRequest(...), on_output)   # raises InvalidRequest / Overloaded at once
+    engine.cancel(request_id)                           # slot freed within one step; one final follows
+    engine.shutdown(timeout_s)                          # stop admission, finish or fail what is in flight
+
+on_output(RequestOutput) is called from the engine thread: once per text delta
+when streaming, and exactly once with finished=True.  It must be cheap (push to
+a queue); it must not block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class InvalidRequest(ValueError):
+    """Bad input; maps to INVALID_ARG. The message says what to fix."""
+
+
+class Overloaded(RuntimeError):
+    """Admission refused (queue full, shutting down); maps to UNAVAILABLE."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+
+@dataclass
+class GenerationRequest:
+    request_id: str
+    prompt: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stream: bool = False
+    req_class: str = "offline"  # "online" | "offline"
+    priority: int = 0
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    exclude_input_in_output: bool = True
+    apply_chat_template: bool = False
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float = 0.0
+    queue_s: float | None = None  # arrival -> first scheduled
+    ttft_s: float | None = None  # arrival -> first token
+    tpot_s: float | None = None  # mean time per output token after the first
+    e2e_s: float | None = None
+
+
+# finish_reason values
+FINISH_STOP = "stop"  # EOS or a stop string
+FINISH_LENGTH = "length"  # max_tokens reached
+FINISH_CANCELLED = "cancelled"
+FINISH_ERROR = "error"  # engine fault or shutdown; error_message says which
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    delta_text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None
+    error_message: str | None = None  # set when finish_reason is "error"
+    num_input_tokens: int = 0
+    num_output_tokens: int = 0
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)

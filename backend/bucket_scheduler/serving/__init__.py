@@ -1,0 +1,1 @@
+"""Serving: the launcher, CLI and the helpers the Triton model imports."""
