@@ -77,3 +77,24 @@ class RequestOutput:
     num_input_tokens: int = 0
     num_output_tokens: int = 0
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings. The Triton model fills these from config.pbtxt parameters;
+    the launcher's flags override them for a run."""
+
+    model_dir: str | None = None  # None: the default model (SmolLM2-135M-Instruct, prepared on first use)
+    policy: str = "bucket"  # bucket | static | continuous | uellm
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    max_model_len: int = 2048  # prompt + generated tokens, per request
+    default_max_tokens: int = 128
+    max_num_seqs: int = 32  # running sequences at most
+    memory_fraction: float = 0.9  # safe share of live free memory
+    memory_probe: str = "auto"  # auto | psutil | cuda | nvml | fixed:<bytes>
+    max_queue_requests: int = 1024  # admission caps: past them, Overloaded ("queue full")
+    max_queue_tokens: int = 4_000_000
+    trust_remote_code: bool = False
+    scheduler_options: dict = field(default_factory=dict)  # policy knobs passed to the core's factory
