@@ -1,0 +1,210 @@
+"""The running batch's KV cache: one preallocated buffer per layer, left-padded rows.
+
+Layout per layer: keys and values of shape [row_capacity, kv_heads, col_capacity, head_dim].
+Active rows are 0..n-1. All rows share one column window [start, end): a row holding
+`length` tokens keeps them in the last `length` columns of the window (left padding), so
+a decode step writes every row's new token at column `end` and the window grows by one.
+
+Why this shape:
+- Decode writes in place (no torch.cat of the whole cache every step).
+- Joining new sequences is a prefill written straight into free rows, right-aligned to
+  `end`, with the window widened to the left if the newcomers are longer.
+- Removing a sequence moves the last row into its place (one row copied), and columns on
+  the left that became padding in every row are dropped by moving `start` (no copy).
+- The buffer is reallocated only when rows or columns run out (or to compact).
+
+The transformers model sees a `Cache` whose layers write the new keys at `end` and return
+the window as a view; `get_mask_sizes` tells the mask builder how wide the window is.
+Full-attention layers only (no sliding-window models).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+_COL_ALIGN = 64  # column capacity grows in these steps (plus headroom), rows in _ROW_ALIGN
+_ROW_ALIGN = 4
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+class _ViewLayer(CacheLayerMixin):
+    """One layer of a `CacheView`: writes the new keys into the shared buffer."""
+
+    is_sliding = False
+
+    def __init__(self, view: "CacheView", idx: int):
+        super().__init__()
+        self._view = view
+        self._idx = idx
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # buffers exist already
+        pass
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return self._view._write(self._idx, key_states, value_states)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._view.past + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self._view.past
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class CacheView(Cache):
+    """What one forward pass sees: rows [r0, r1), columns [start, write_at) as the past,
+    new tokens written from `write_at` on."""
+
+    def __init__(self, kv: "BatchKV", r0: int, r1: int, start: int, write_at: int):
+        self._kv = kv
+        self._r0, self._r1 = r0, r1
+        self._start, self._write_at = start, write_at
+        super().__init__(layers=[_ViewLayer(self, i) for i in range(kv.num_layers)])
+
+    @property
+    def past(self) -> int:
+        return self._write_at - self._start
+
+    def _write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        t = k.shape[-2]
+        end = self._write_at + t
+        kb, vb = self._kv.keys[layer], self._kv.values[layer]
+        kb[self._r0 : self._r1, :, self._write_at : end].copy_(k)
+        vb[self._r0 : self._r1, :, self._write_at : end].copy_(v)
+        return kb[self._r0 : self._r1, :, self._start : end], vb[self._r0 : self._r1, :, self._start : end]
+
+
+class BatchKV:
+    """KV buffers of the running batch plus the per-row lengths that define the mask."""
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device):
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, torch.device(device)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.rows_cap = 0
+        self.cols_cap = 0
+        self.n = 0  # active rows
+        self.start = 0
+        self.end = 0
+        self.lengths: list[int] = []  # real tokens per active row
+
+    # -- sizes -----------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values)
+
+    def token_slots(self) -> int:
+        """Computed KV slots in the window (n * width); useful / this = KV padding efficiency."""
+        return self.n * self.width
+
+    # -- allocation ----------------------------------------------------------------
+    def _realloc(self, rows_cap: int, cols_cap: int, new_start: int) -> None:
+        """New buffers; copy the active window to [new_start, new_start + width)."""
+        w = self.width
+        shape = (rows_cap, self.kv_heads, cols_cap, self.head_dim)
+        keys, values = [], []
+        for layer in range(self.num_layers):
+            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if self.n and w:
+                k[: self.n, :, new_start : new_start + w].copy_(self.keys[layer][: self.n, :, self.start : self.end])
+                v[: self.n, :, new_start : new_start + w].copy_(self.values[layer][: self.n, :, self.start : self.end])
+            keys.append(k)
+            values.append(v)
+        # Drop the old buffers before anything else allocates.
+        self.keys, self.values = keys, values
+        self.rows_cap, self.cols_cap = rows_cap, cols_cap
+        self.start, self.end = new_start, new_start + w
+
+    def _headroom(self, cols: int) -> int:
+        return _round_up(cols + max(_COL_ALIGN, cols // 4), _COL_ALIGN)
+
+    def reserve_decode(self, t: int = 1) -> None:
+        """Make room for t more columns after `end`."""
+        if self.end + t <= self.cols_cap:
+            return
+        need = self.width + t
+        cols = self.cols_cap if need <= self.cols_cap // 2 else self._headroom(need)
+        self._realloc(self.rows_cap, cols, 0)
+
+    def place_new_rows(self, count: int, prompt_width: int) -> tuple[int, int]:
+        """Make room for `count` rows whose prompts are `prompt_width` columns; returns
+        (first_row, write_at): the prefill writes columns [write_at, end) of those rows."""
+        new_width = max(self.width, prompt_width)
+        rows_needed = self.n + count
+        rows_cap = self.rows_cap if rows_needed <= self.rows_cap else _round_up(rows_needed, _ROW_ALIGN)
+        if self.n == 0:
+            # Empty batch: start at column 0 with headroom for decoding.
+            self.start = self.end = 0
+            if rows_cap != self.rows_cap or prompt_width + 1 > self.cols_cap or self.cols_cap > 4 * self._headroom(prompt_width):
+                self._realloc(rows_cap, self._headroom(prompt_width), 0)
+            self.start, self.end = 0, prompt_width
+        elif rows_cap != self.rows_cap or self.end - new_width < 0 or self.end + 1 > self.cols_cap:
+            # Move the window so that it ends at new_width (its left side gets padding).
+            cols = max(self.cols_cap, self._headroom(new_width))
+            old_w = self.width
+            self._realloc(rows_cap, cols, new_width - old_w)
+            self.start = 0
+        else:
+            self.start = self.end - new_width
+        return self.n, self.end - prompt_width
+
+    def commit_new_rows(self, lengths: list[int]) -> None:
+        self.lengths.extend(lengths)
+        self.n += len(lengths)
+
+    def advance(self, t: int = 1) -> None:
+        """After a decode forward wrote t columns for every active row."""
+        self.end += t
+        self.lengths = [x + t for x in self.lengths]
+
+    # -- removal -------------------------------------------------------------------------
+    def remove_row(self, row: int) -> int | None:
+        """Drop a row; the last row moves into its place. Returns the moved row's old index
+        (None if nothing moved)."""
+        last = self.n - 1
+        moved = None
+        if row != last:
+            for layer in range(self.num_layers):
+                self.keys[layer][row, :, self.start : self.end].copy_(self.keys[layer][last, :, self.start : self.end])
+                self.values[layer][row, :, self.start : self.end].copy_(self.values[layer][last, :, self.start : self.end])
+            self.lengths[row] = self.lengths[last]
+            moved = last
+        self.lengths.pop()
+        self.n -= 1
+        self.trim()
+        return moved
+
+    def trim(self) -> None:
+        """Drop left columns that are padding in every row; free everything when empty."""
+        if self.n == 0:
+            self.keys, self.values = [], []
+            self.rows_cap = self.cols_cap = 0
+            self.start = self.end = 0
+            return
+        self.start = max(self.start, self.end - max(self.lengths))
+
+    # -- views for the model --------------------------------------------------------------
+    def decode_view(self) -> CacheView:
+        return CacheView(self, 0, self.n, self.start, self.end)
+
+    def prefill_view(self, first_row: int, count: int, write_at: int) -> CacheView:
+        return CacheView(self, first_row, first_row + count, write_at, write_at)
+
+    def decode_mask(self, t: int = 1) -> torch.Tensor:
+        """[n, width + t] bool: True where a row has a real token (left padding)."""
+        w = self.width
+        lengths = torch.tensor(self.lengths, device=self.device)
+        cols = torch.arange(w + t, device=self.device)
+        return cols.unsqueeze(0) >= (w - lengths).unsqueeze(1)

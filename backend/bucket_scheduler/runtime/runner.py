@@ -1,0 +1,192 @@
+"""Runs the batch the scheduler chose: prefill newcomers into free rows of the running
+batch, decode every row one token per step, sample, and drop rows at once.
+
+The model is any transformers causal LM with full attention; it sees our `CacheView`
+(see kv_cache.py) plus a left-padded 2D attention mask and explicit position ids, so a
+row's numbers do not depend on its neighbours or on the padding in front of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .kv_cache import BatchKV
+from .sampling import sample
+from .sequence import Sequence
+
+
+@dataclass
+class RunnerCounters:
+    prefill_tokens: int = 0  # useful prompt tokens computed
+    prefill_slots: int = 0  # computed token slots (useful + padding)
+    decode_tokens: int = 0  # rows decoded
+    decode_kv_slots: int = 0  # KV columns attended (n * window width), padding included
+    decode_kv_tokens: int = 0  # of which real tokens
+    prefill_calls: int = 0
+    decode_calls: int = 0
+
+
+class Runner:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_prefill_tokens: int = 8192,
+        on_logits: Callable[[Sequence, torch.Tensor], None] | None = None,
+    ):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+            layer_types = getattr(cfg, "layer_types", None) or []
+            if any(t != "full_attention" for t in layer_types):
+                raise ValueError("models with sliding-window attention layers are not supported by the runner")
+        heads = cfg.num_attention_heads
+        self.kv = BatchKV(
+            num_layers=cfg.num_hidden_layers,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+        self.max_prefill_tokens = max(1, max_prefill_tokens)
+        self.on_logits = on_logits  # tests: every row's logits, every step
+        self.fault_hook: Callable[[str, list[Sequence]], None] | None = None  # tests: may raise
+        self.rows: list[Sequence] = []
+        self.index: dict[str, int] = {}
+        self.counters = RunnerCounters()
+        # transformers 5.x renamed the forward's cache argument; accept either spelling.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return len(self.rows)
+
+    def kv_bytes(self) -> int:
+        """Bytes the KV tensors hold right now (what the MemoryPlanner is told)."""
+        return self.kv.nbytes()
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self.index
+
+    # -- the three operations ------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> None:
+        """Compute the prompts of `seqs`, join them to the batch and sample their first token."""
+        if not seqs:
+            return
+        if self.fault_hook:
+            self.fault_hook("prefill", seqs)
+        inputs = [s.input_ids for s in seqs]
+        width = max(len(x) for x in inputs)
+        first_row, _ = self.kv.place_new_rows(len(seqs), width)
+        logits_rows: list[torch.Tensor] = []
+        # Row groups bounded by max_prefill_tokens keep activation memory flat.
+        i = 0
+        while i < len(seqs):
+            j, group_w = i + 1, len(inputs[i])
+            while j < len(seqs):
+                w = max(group_w, len(inputs[j]))
+                if w * (j + 1 - i) > self.max_prefill_tokens:
+                    break
+                group_w, j = w, j + 1
+            logits_rows.append(self._prefill_group(inputs[i:j], first_row + i, group_w))
+            i = j
+        logits = torch.cat(logits_rows)
+        self.kv.commit_new_rows([len(x) for x in inputs])
+        for s in seqs:
+            self.index[s.request_id] = len(self.rows)
+            self.rows.append(s)
+        self._sample_and_append(seqs, logits)
+
+    def _prefill_group(self, inputs: list[list[int]], first_row: int, width: int) -> torch.Tensor:
+        n = len(inputs)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.bool)
+        for r, x in enumerate(inputs):
+            ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[r, width - len(x) :] = True
+        pos = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+        view = self.kv.prefill_view(first_row, n, self.kv.end - width)
+        logits = self._forward(ids, mask, pos, view)
+        c = self.counters
+        c.prefill_calls += 1
+        c.prefill_tokens += sum(len(x) for x in inputs)
+        c.prefill_slots += n * width
+        return logits
+
+    @torch.inference_mode()
+    def decode(self) -> None:
+        """One token for every row."""
+        if not self.rows:
+            return
+        if self.fault_hook:
+            self.fault_hook("decode", self.rows)
+        kv = self.kv
+        kv.reserve_decode(1)
+        ids = torch.tensor([[s.output_ids[-1]] for s in self.rows], dtype=torch.long)
+        pos = torch.tensor(kv.lengths, dtype=torch.long).unsqueeze(1)
+        mask = kv.decode_mask(1)
+        logits = self._forward(ids, mask, pos, kv.decode_view())
+        c = self.counters
+        c.decode_calls += 1
+        c.decode_tokens += kv.n
+        c.decode_kv_slots += kv.n * (kv.width + 1)
+        c.decode_kv_tokens += sum(kv.lengths) + kv.n
+        kv.advance(1)
+        self._sample_and_append(self.rows, logits)
+
+    @torch.inference_mode()
+    def remove(self, request_id: str) -> bool:
+        """Drop a row now (finished, cancelled, preempted). False if it had none."""
+        row = self.index.pop(request_id, None)
+        if row is None:
+            return False
+        moved = self.kv.remove_row(row)
+        if moved is not None:
+            self.rows[row] = self.rows[moved]
+            self.index[self.rows[row].request_id] = row
+        self.rows.pop()
+        return True
+
+    def reset(self) -> list[Sequence]:
+        """Drop every row (after a fault); returns the sequences that were running."""
+        dropped = self.rows
+        self.rows, self.index = [], {}
+        self.kv.n = 0
+        self.kv.lengths = []
+        self.kv.trim()
+        return dropped
+
+    # -- internals -------------------------------------------------------------------------
+    def _forward(self, ids, mask, pos, view) -> torch.Tensor:
+        dev = self.device
+        kwargs = {
+            "input_ids": ids.to(dev, non_blocking=True),
+            "attention_mask": mask.to(dev, non_blocking=True),
+            "position_ids": pos.to(dev, non_blocking=True),
+            self._cache_arg: view,
+            "use_cache": True,
+        }
+        if self._keep_arg:
+            kwargs[self._keep_arg] = 1
+        out = self.model(**kwargs)
+        return out.logits[:, -1, :]
+
+    def _sample_and_append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        if self.on_logits:
+            for s, row in zip(seqs, logits):
+                self.on_logits(s, row.float().cpu())
+        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.banned_ids() for s in seqs])
+        for s, t in zip(seqs, tokens):
+            s.append(t)
