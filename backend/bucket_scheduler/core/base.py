@@ -1,0 +1,195 @@
+"""Bookkeeping every policy shares: validation, the running set, memory fitting, stats.
+
+A policy subclass keeps its own waiting structure and implements four hooks:
+`_enqueue(req, requeue)`, `_dequeue(req)` (cancel of a waiting request),
+`_num_waiting()` and `_admit(now, budget, out)` (append admissions to
+out.prefill, and make sure they are in self.running).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+
+from .interface import SchedulerOutput, StepStats
+from .memory import BatchShape, MemoryPlanner, fmt_gib
+from .request import Request, RequestState
+
+
+class SchedulerBase:
+    policy_name = "base"
+
+    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int):
+        if max_model_len < 1 or max_num_seqs < 1:
+            raise ValueError("max_model_len and max_num_seqs must be >= 1")
+        self.planner = planner
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.kv_bytes_in_use = 0
+        self.requests: dict[str, Request] = {}  # every waiting or running request
+        self.running: list[Request] = []  # in admission order (preemption takes from the end)
+        self._running_ids: set[str] = set()
+        self._deadlines: list = []  # (deadline, seq, req) of online requests, lazily cleaned
+        self._seq = itertools.count()
+        self.last_budget = 0
+        self.steps = 0
+
+    # --- protocol ------------------------------------------------------------
+
+    def add(self, req: Request) -> bool:
+        reason = self._reject_reason(req)
+        if reason is not None:
+            req.state = RequestState.REJECTED
+            req.reject_reason = reason
+            return False
+        req.state = RequestState.WAITING
+        self.requests[req.request_id] = req
+        d = req.effective_deadline()
+        if req.is_online and d is not None:
+            heapq.heappush(self._deadlines, (d, next(self._seq), req))
+        self._enqueue(req, requeue=False)
+        return True
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        t0 = time.perf_counter()
+        self.steps += 1
+        budget = self.planner.budget_bytes(self.kv_bytes_in_use)
+        self.last_budget = budget
+        out = SchedulerOutput()
+        self._fit_running(budget, out)
+        self._admit(now, budget, out)
+        out.running = list(self.running)
+        self._fill_stats(now, budget, out)
+        out.stats.decision_us = (time.perf_counter() - t0) * 1e6
+        return out
+
+    def on_tokens(self, request_id: str, n: int, now: float) -> None:
+        req = self.requests.get(request_id)
+        if req is None or req.state is not RequestState.RUNNING:
+            return
+        if req.first_token_time is None and n > 0:
+            req.first_token_time = now
+        req.num_generated += n
+
+    def finish(self, request_id: str, now: float) -> None:
+        self._end(request_id, now, RequestState.FINISHED)
+
+    def cancel(self, request_id: str, now: float) -> None:
+        self._end(request_id, now, RequestState.CANCELLED)
+
+    def set_kv_bytes_in_use(self, nbytes: int) -> None:
+        self.kv_bytes_in_use = max(0, int(nbytes))
+
+    @property
+    def num_waiting(self) -> int:
+        return self._num_waiting()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or self._num_waiting() > 0
+
+    # --- shared pieces -------------------------------------------------------
+
+    def _reject_reason(self, req: Request) -> str | None:
+        if req.request_id in self.requests:
+            return f"duplicate request_id {req.request_id!r}"
+        if req.prompt_len < 1:
+            return "prompt is empty"
+        if req.max_new_tokens < 1:
+            return f"max_tokens must be >= 1, got {req.max_new_tokens}"
+        if req.max_total_len > self.max_model_len:
+            return (
+                f"prompt {req.prompt_len} + max_tokens {req.max_new_tokens} "
+                f"exceeds max_model_len {self.max_model_len}"
+            )
+        return self.planner.never_fits_reason(req, self.planner.budget_bytes(self.kv_bytes_in_use))
+
+    def _end(self, request_id: str, now: float, state: RequestState) -> None:
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return
+        if request_id in self._running_ids:
+            self._running_ids.discard(request_id)
+            self.running.remove(req)
+            self._on_leave_running(req)
+        else:
+            self._dequeue(req)
+        req.state = state
+        req.finish_time = now
+        if state is RequestState.FINISHED:
+            self._on_finished(req)
+
+    def _start(self, req: Request, out: SchedulerOutput) -> None:
+        req.state = RequestState.RUNNING
+        self.running.append(req)
+        self._running_ids.add(req.request_id)
+        out.prefill.append(req)
+
+    def running_shape(self) -> BatchShape:
+        w = self.planner.worst_tokens
+        return BatchShape.of(w(r) for r in self.running)
+
+    def _fit_running(self, budget: int, out: SchedulerOutput) -> None:
+        """Preempt the most recently admitted requests until the running set fits."""
+        if not self.running or self.planner.fits(self.running_shape(), budget):
+            return
+        while self.running and not self.planner.fits(self.running_shape(), budget):
+            req = self.running.pop()
+            self._running_ids.discard(req.request_id)
+            self._on_leave_running(req)
+            req.state = RequestState.WAITING
+            req.times_preempted += 1
+            out.preempted.append(req)
+        # requeue in reverse so the earliest admitted ends up first in FIFO queues
+        for req in reversed(out.preempted):
+            self._enqueue(req, requeue=True)
+
+    def _min_slack(self, now: float) -> float | None:
+        h = self._deadlines
+        while h and h[0][2].is_done:
+            heapq.heappop(h)
+        return (h[0][0] - now) if h else None
+
+    def _fill_stats(self, now: float, budget: int, out: SchedulerOutput) -> None:
+        st: StepStats = out.stats
+        st.batch_size = len(self.running)
+        st.num_waiting = self._num_waiting()
+        st.num_prefill = len(out.prefill)
+        st.num_preempted = len(out.preempted)
+        if out.prefill:
+            lens = [r.seq_len for r in out.prefill]
+            st.prefill_padding_efficiency = sum(lens) / (len(lens) * max(lens))
+        st.planned_kv_bytes = self.planner.planned_bytes(self.running_shape())
+        st.budget_bytes = budget
+        st.min_slo_slack_s = self._min_slack(now)
+        self._extra_stats(st)
+
+    # --- hooks ---------------------------------------------------------------
+
+    def _enqueue(self, req: Request, requeue: bool) -> None:
+        raise NotImplementedError
+
+    def _dequeue(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _num_waiting(self) -> int:
+        raise NotImplementedError
+
+    def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
+        raise NotImplementedError
+
+    def _on_leave_running(self, req: Request) -> None:
+        pass
+
+    def _on_finished(self, req: Request) -> None:
+        pass
+
+    def _extra_stats(self, st: StepStats) -> None:
+        pass
+
+    def describe_budget(self) -> str:
+        return fmt_gib(self.last_budget)

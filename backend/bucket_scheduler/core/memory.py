@@ -1,0 +1,280 @@
+"""Memory planner: how many sequences fit in live free memory.
+
+KV bytes per token come from the model shape (KVSpec); the safe budget is a
+fraction of what a pluggable probe reports as free, plus the KV bytes the
+runner already holds for us (they are ours to reuse, and the probe no longer
+counts them as free):
+
+    budget = memory_fraction * (probe.free_bytes() + kv_bytes_in_use)
+
+Planned memory of a batch (the worst case it can ever reach):
+
+    padded      (default)  N * max_i(prompt_i + max_new_i) * bytes_per_token + activations
+    per_request            sum_i(prompt_i + max_new_i) * bytes_per_token + activations
+
+"padded" is the paper's formula (N x S_max, S_max including the tokens still
+to generate); it is what a padded runtime allocates.  "per_request" suits a
+paged KV cache.  Each request is charged its actual prompt length (not its
+bucket's upper bound): the batch is padded to its longest member, which the
+max already covers.
+
+Probes never import torch or pynvml at module import time; the cuda and nvml
+probes import them lazily when they are built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+GIB = 1 << 30
+
+
+def fmt_gib(nbytes: float) -> str:
+    return f"{nbytes / GIB:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """Model shape that decides memory per token.
+
+    bytes_per_token = 2 (K and V) * num_layers * num_kv_heads * head_dim * dtype_bytes.
+    Activation estimate per batch (one layer's live tensors at a time, plus
+    last-position logits in float32):
+        batch_size * seq_len * dtype_bytes * (4 * hidden_size + 2 * intermediate_size)
+        + batch_size * vocab_size * 4
+    hidden_size / intermediate_size / vocab_size default to 0 (no activation term).
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype_bytes: int = 2
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    vocab_size: int = 0
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def activation_bytes_per_token(self) -> int:
+        return self.dtype_bytes * (4 * self.hidden_size + 2 * self.intermediate_size)
+
+    def activation_bytes(self, batch_size: int, seq_len: int) -> int:
+        if batch_size <= 0:
+            return 0
+        return batch_size * seq_len * self.activation_bytes_per_token + batch_size * self.vocab_size * 4
+
+
+# --- probes -----------------------------------------------------------------
+
+
+class MemoryProbe(Protocol):
+    name: str
+
+    def free_bytes(self) -> int: ...
+
+
+class FixedProbe:
+    """A constant amount of free memory (tests, replay, `fixed:<bytes>`)."""
+
+    name = "fixed"
+
+    def __init__(self, nbytes: int):
+        self.nbytes = int(nbytes)
+
+    def free_bytes(self) -> int:
+        return self.nbytes
+
+
+class ScriptedProbe:
+    """Returns the given values one per call, then keeps repeating the last one.
+
+    `set(n)` replaces the script with a constant; tests use it to shrink or grow
+    free memory between steps.
+    """
+
+    name = "scripted"
+
+    def __init__(self, values: Iterable[int] | Callable[[], int]):
+        self._fn: Callable[[], int] | None = values if callable(values) else None
+        self._it = None if callable(values) else iter(list(values))
+        self._last = 0
+
+    def set(self, nbytes: int) -> None:
+        self._fn = None
+        self._it = iter(())
+        self._last = int(nbytes)
+
+    def free_bytes(self) -> int:
+        if self._fn is not None:
+            return int(self._fn())
+        self._last = int(next(self._it, self._last))
+        return self._last
+
+
+class PsutilProbe:
+    """Host RAM the OS could hand out now (the runner on a CPU)."""
+
+    name = "psutil"
+
+    def __init__(self):
+        import psutil
+
+        self._vm = psutil.virtual_memory
+
+    def free_bytes(self) -> int:
+        return int(self._vm().available)
+
+
+class CudaProbe:
+    """torch.cuda.mem_get_info on one device (torch imported here, lazily)."""
+
+    name = "cuda"
+
+    def __init__(self, device_index: int = 0):
+        import torch  # noqa: PLC0415  (lazy on purpose: the core must not pull torch in)
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("memory probe 'cuda': no CUDA device is available")
+        self._torch = torch
+        self.device_index = device_index
+
+    def free_bytes(self) -> int:
+        free, _total = self._torch.cuda.mem_get_info(self.device_index)
+        return int(free)
+
+
+class NvmlProbe:
+    """NVML free memory of one GPU (pynvml imported here, lazily)."""
+
+    name = "nvml"
+
+    def __init__(self, device_index: int = 0):
+        import pynvml  # noqa: PLC0415
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self.device_index = device_index
+
+    def free_bytes(self) -> int:
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).free)
+
+
+def make_probe(spec: str = "auto", device: str | None = None, device_index: int = 0) -> MemoryProbe:
+    """Build a probe from a config string.
+
+    spec: "auto" | "psutil" | "cuda" | "nvml" | "fixed:<bytes>".
+    "auto": psutil when device == "cpu"; otherwise NVML if a GPU answers, else psutil.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec.startswith("fixed:"):
+        raw = spec.split(":", 1)[1].replace("_", "")
+        try:
+            return FixedProbe(int(float(raw)))
+        except ValueError:
+            raise ValueError(f"memory probe {spec!r}: expected fixed:<bytes>, e.g. fixed:8000000000") from None
+    if spec == "psutil":
+        return PsutilProbe()
+    if spec == "cuda":
+        return CudaProbe(device_index)
+    if spec == "nvml":
+        return NvmlProbe(device_index)
+    if spec == "auto":
+        if device != "cpu":
+            try:
+                return NvmlProbe(device_index)
+            except Exception:  # no pynvml, no driver, no GPU: fall back to host memory
+                pass
+        return PsutilProbe()
+    raise ValueError(f"unknown memory probe {spec!r}; use auto, psutil, cuda, nvml or fixed:<bytes>")
+
+
+# --- planner ----------------------------------------------------------------
+
+
+@dataclass
+class BatchShape:
+    """What the planner needs to know about a set of sequences: size, sum and max of worst-case tokens."""
+
+    n: int = 0
+    sum_tokens: int = 0
+    max_tokens: int = 0
+
+    def plus(self, tokens: int) -> "BatchShape":
+        return BatchShape(self.n + 1, self.sum_tokens + tokens, max(self.max_tokens, tokens))
+
+    @classmethod
+    def of(cls, token_counts: Iterable[int]) -> "BatchShape":
+        shape = cls()
+        for t in token_counts:
+            shape.n += 1
+            shape.sum_tokens += t
+            if t > shape.max_tokens:
+                shape.max_tokens = t
+        return shape
+
+
+class MemoryPlanner:
+    """Turns a model's KV shape and a free-memory probe into admission decisions."""
+
+    ACCOUNTING = ("padded", "per_request")
+
+    def __init__(
+        self,
+        kv: KVSpec,
+        probe: MemoryProbe,
+        memory_fraction: float = 0.9,
+        accounting: str = "padded",
+    ):
+        if not 0.0 < memory_fraction <= 1.0:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+        if accounting not in self.ACCOUNTING:
+            raise ValueError(f"accounting must be one of {self.ACCOUNTING}, got {accounting!r}")
+        self.kv = kv
+        self.probe = probe
+        self.memory_fraction = memory_fraction
+        self.accounting = accounting
+        self.bytes_per_token = kv.bytes_per_token
+
+    @staticmethod
+    def worst_tokens(req) -> int:
+        """Worst-case KV tokens a request can hold: its actual prompt plus max new tokens."""
+        return req.prompt_len + req.max_new_tokens
+
+    def budget_bytes(self, kv_bytes_in_use: int = 0) -> int:
+        return int(self.memory_fraction * (self.probe.free_bytes() + max(0, kv_bytes_in_use)))
+
+    def planned_bytes(self, shape: BatchShape) -> int:
+        if shape.n == 0:
+            return 0
+        if self.accounting == "padded":
+            kv_tokens = shape.n * shape.max_tokens
+        else:
+            kv_tokens = shape.sum_tokens
+        return kv_tokens * self.bytes_per_token + self.kv.activation_bytes(shape.n, shape.max_tokens)
+
+    def fits(self, shape: BatchShape, budget: int) -> bool:
+        return self.planned_bytes(shape) <= budget
+
+    def max_batch_size(self, tokens_per_seq: int, budget: int, cap: int | None = None) -> int:
+        """Largest N whose worst case (N sequences of tokens_per_seq tokens) fits the budget."""
+        per_seq = tokens_per_seq * self.bytes_per_token + self.kv.activation_bytes(1, tokens_per_seq)
+        if per_seq <= 0:
+            return cap if cap is not None else 1 << 30
+        n = max(0, budget // per_seq)
+        return int(min(n, cap) if cap is not None else n)
+
+    def never_fits_reason(self, req, budget: int) -> str | None:
+        """Why a lone request can never run under this budget (None if it can)."""
+        need = self.planned_bytes(BatchShape(1, self.worst_tokens(req), self.worst_tokens(req)))
+        if need > budget:
+            return (
+                f"worst-case KV {fmt_gib(need)} for prompt {req.prompt_len} + max_tokens "
+                f"{req.max_new_tokens} exceeds memory budget {fmt_gib(budget)}"
+            )
+        return None
+

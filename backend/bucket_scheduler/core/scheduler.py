@@ -1,0 +1,165 @@
+"""`bucket`: BucketServe's scheduler.
+
+Each step (iteration-level, see interface.py):
+1. budget = memory_fraction * (live free memory + KV we hold); if the running
+   batch's planned worst case no longer fits, preempt the most recently
+   admitted requests until it does (they wait again, keeping arrival and
+   priority) and admit nothing this step.
+2. Move bucket boundaries (BucketManager.rebalance, per its mode).
+3. If nothing runs, pick the bucket whose best request ranks first (online
+   before offline; earliest deadline among online; SJF or LJF with aging among
+   offline) and start a batch from it.  While a batch runs, free slots are
+   refilled from the same bucket only (continuous refill), best request first,
+   up to min(N_max, max_num_seqs), where N_max follows the memory budget.
+   Refilling stops (the batch drains, then the next bucket is picked) when
+   another bucket holds an online request and this one's best is offline, or
+   when a request in another bucket has waited longer than `max_wait_s`
+   (no bucket starves).  A joining request must also keep the decode batch's
+   padding efficiency (sum of sequence lengths / (batch size x longest)) at or
+   above `refill_padding_target`, because in a padded runtime every decode step
+   computes batch size x longest sequence slots.
+Admission stops at the first request whose worst case would exceed the budget.
+"""
+
+from __future__ import annotations
+
+from .base import SchedulerBase
+from .buckets import Bucket, BucketManager
+from .interface import SchedulerOutput, StepStats
+from .memory import MemoryPlanner
+from .policy import OrderPolicy
+from .request import Request
+
+
+class BucketScheduler(SchedulerBase):
+    policy_name = "bucket"
+
+    def __init__(
+        self,
+        planner: MemoryPlanner,
+        max_model_len: int,
+        max_num_seqs: int,
+        bucket_mode: str = "dp",
+        max_buckets: int = 32,
+        boundaries: list[int] | None = None,
+        split_threshold: float = 0.5,
+        merge_ratio: float = 0.5,
+        dp_refresh: int = 200,
+        dp_window: int = 4000,
+        dp_hysteresis: float = 0.05,
+        offline_order: str = "sjf",
+        aging_tokens_per_s: float = 500.0,
+        default_online_slo_s: float = 1.0,
+        priority_weight_s: float = 1.0,
+        priority_weight_tokens: float = 1000.0,
+        refill_padding_target: float = 0.9,
+        max_wait_s: float = 5.0,
+    ):
+        super().__init__(planner, max_model_len, max_num_seqs)
+        self.order = OrderPolicy(
+            offline_order=offline_order,
+            aging_tokens_per_s=aging_tokens_per_s,
+            default_online_slo_s=default_online_slo_s,
+            priority_weight_s=priority_weight_s,
+            priority_weight_tokens=priority_weight_tokens,
+        )
+        self.buckets = BucketManager(
+            max_model_len,
+            order=self.order,
+            mode=bucket_mode,
+            max_buckets=max_buckets,
+            boundaries=boundaries,
+            split_threshold=split_threshold,
+            merge_ratio=merge_ratio,
+            dp_refresh=dp_refresh,
+            dp_window=dp_window,
+            dp_hysteresis=dp_hysteresis,
+        )
+        self.refill_padding_target = refill_padding_target
+        self.max_wait_s = max_wait_s
+        self._anchor: int | None = None  # a length inside the running batch's bucket
+        self._budget = 0
+        self._mean_new = 128.0  # running mean of max_new_tokens, for N_max of empty buckets
+
+    # --- waiting structure ---------------------------------------------------
+
+    def _enqueue(self, req: Request, requeue: bool) -> None:
+        if not requeue:
+            self._mean_new += (req.max_new_tokens - self._mean_new) * 0.01
+        self.buckets.add(req, observe=not requeue)
+
+    def _dequeue(self, req: Request) -> None:
+        self.buckets.remove(req)
+
+    def _num_waiting(self) -> int:
+        return self.buckets.count
+
+    def _on_leave_running(self, req: Request) -> None:
+        if not self.running:
+            self._anchor = None
+
+    # --- decisions -----------------------------------------------------------
+
+    def n_max(self, bucket: Bucket) -> int:
+        """Memory-safe batch size for a bucket: worst case (up - 1 + typical max new) per sequence."""
+        tokens = min(self.max_model_len, bucket.up - 1 + int(self._mean_new))
+        return self.planner.max_batch_size(tokens, self._budget, cap=self.max_num_seqs)
+
+    def active_bucket(self) -> Bucket | None:
+        return None if self._anchor is None else self.buckets.bucket_for(self._anchor)
+
+    def _should_drain(self, bucket: Bucket, now: float) -> bool:
+        head = bucket.head()
+        if head is None:
+            return True
+        if not head.req.is_online and self.buckets.has_online(exclude=bucket):
+            return True
+        oldest = self.buckets.oldest_arrival(exclude=bucket)
+        return oldest is not None and now - oldest > self.max_wait_s
+
+    def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
+        self._budget = budget
+        if out.preempted:
+            return  # memory just shrank
+        self.buckets.rebalance(self.n_max)
+        if not self.buckets.count:
+            return
+        refill = bool(self.running)
+        if refill:
+            bucket = self.active_bucket()
+            if bucket is None or self._should_drain(bucket, now):
+                return
+        else:
+            bucket = self.buckets.select()
+            if bucket is None:
+                return
+        cap = self.max_num_seqs
+        shape = self.running_shape()
+        lens_sum = sum(r.seq_len for r in self.running)
+        lens_max = max((r.seq_len for r in self.running), default=0)
+        target = self.refill_padding_target
+        while len(self.running) < cap:
+            entry = bucket.head()
+            if entry is None:
+                break
+            req = entry.req
+            nxt = shape.plus(self.planner.worst_tokens(req))
+            if not self.planner.fits(nxt, budget):
+                break
+            n = len(self.running)
+            L = req.seq_len
+            if refill and target > 0 and (lens_sum + L) < target * (n + 1) * max(lens_max, L):
+                break
+            self.buckets.remove(req)
+            self._start(req, out)
+            shape, lens_sum, lens_max = nxt, lens_sum + L, max(lens_max, L)
+            if self._anchor is None:
+                self._anchor = L if bucket.holds(L) else bucket.low
+        if self._anchor is None and self.running:
+            self._anchor = bucket.low
+
+    def _extra_stats(self, st: StepStats) -> None:
+        st.buckets = self.buckets.infos(self.n_max)
+        b = self.active_bucket()
+        if b is not None and self.running:
+            st.bucket_low, st.bucket_up = b.low, b.up
