@@ -1,0 +1,345 @@
+"""Start, watch and stop a tritonserver that hosts BucketServe models.
+
+    handle = start_server(models=["bucketserve_tiny"], http_port=0)   # 0: ask the OS for a port
+    ... handle.http_url, handle.grpc_url, handle.metrics_url ...
+    handle.stop()
+
+The server runs in its own session (process group) so that a stop can reach the stubs too;
+stop() sends SIGTERM, waits for Triton's exit timeout, then kills the whole group.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .repository import default_repository, prepare_repository, read_parameters
+from .tritonserver import TritonInstall, default_cache_dir, find_tritonserver
+
+SHM_GLOB = "/dev/shm/triton_python_backend_shm_region_*"
+DEFAULT_MODELS = ("bucketserve",)
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _has_gpu() -> bool:
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the pynvml shim warns that it is deprecated
+            import pynvml
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def clean_stale_shm() -> list[str]:
+    """Remove python-backend shared-memory regions that no running process maps.
+
+    A crashed server leaves them behind; a region some live server (or stub) maps is kept."""
+    regions = glob.glob(SHM_GLOB)
+    if not regions:
+        return []
+    in_use: set[str] = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                for line in f:
+                    if "triton_python_backend_shm_region_" in line:
+                        in_use.add(line.split()[-1].replace(" (deleted)", ""))
+        except OSError:
+            continue
+    removed = []
+    for region in regions:
+        if region not in in_use:
+            try:
+                os.unlink(region)
+                removed.append(region)
+            except OSError:
+                pass
+    return removed
+
+
+def prepare_model_dirs(source: Path, models: list[str], overrides: dict[str, dict[str, str]], log=print) -> None:
+    """Convert or build the weights each model names before the server starts, so the stub only
+    loads them (a conversion inside the stub would count against the model's load time)."""
+    try:
+        from bucket_scheduler.runtime.models import resolve_model
+    except ImportError as exc:  # the engine extra is not installed
+        log(f"[bucketserve] skipping model preparation ({exc})")
+        return
+    for name in models:
+        params = read_parameters((source / name / "config.pbtxt").read_text())
+        params.update(overrides.get(name) or {})
+        model_dir = params.get("model_dir") or None
+        log(f"[bucketserve] preparing model {name} ({model_dir or 'default SmolLM2'}); the first run converts, later runs reuse the cache")
+        path = resolve_model(model_dir)
+        log(f"[bucketserve] model {name}: {path}")
+
+
+@dataclass
+class ServerHandle:
+    process: subprocess.Popen
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    run_dir: Path
+    log_path: Path | None
+    models: list[str]
+    exit_timeout_s: int
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.http_url}/v2/health/ready")
+
+    def log_tail(self, n: int = 60) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def terminate(self) -> None:
+        if self.alive():
+            try:
+                self.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.wait(10)
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM, wait for the exit timeout (+ grace), then kill the whole process group.
+        Returns the server's exit code (None if it had to be killed)."""
+        timeout = (self.exit_timeout_s + 10) if timeout_s is None else timeout_s
+        self.terminate()
+        code = self.wait(timeout)
+        if code is None:
+            self.kill_group()
+        else:
+            # Stubs are in the same group; one that outlived the server must not linger.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        return code
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def build_command(
+    install: TritonInstall,
+    repo: Path,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    exit_timeout_s: int,
+    gpu_metrics: bool,
+    log_verbose: int = 0,
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    cmd = [
+        str(install.binary),
+        f"--model-repository={repo}",
+        f"--http-address={host}",
+        f"--grpc-address={host}",
+        f"--metrics-address={host}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        f"--allow-gpu-metrics={'true' if gpu_metrics else 'false'}",
+        f"--exit-timeout-secs={exit_timeout_s}",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        "--disable-auto-complete-config",
+        f"--log-verbose={log_verbose}",
+    ]
+    if install.backend_dir is not None:
+        cmd.append(f"--backend-directory={install.backend_dir}")
+    return cmd + list(extra_args or [])
+
+
+def start_server(
+    models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+    overrides: dict[str, dict[str, str]] | None = None,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    model_repository: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    exit_timeout_s: int = 30,
+    ready_timeout_s: float = 600.0,
+    log_file: str | Path | None = None,
+    inherit_output: bool = False,
+    instance_kind: str | None = None,
+    prepare_models: bool = True,
+    extra_args: list[str] | None = None,
+    log=print,
+) -> ServerHandle:
+    """Start tritonserver with the chosen models and wait until it is ready.
+
+    Ports given as 0 are picked free by the OS. Output goes to `log_file` (default: run_dir/
+    tritonserver.log) unless inherit_output, in which case it shares this process's terminal.
+    Raises ServerError (with the log's tail) if the server exits or is not ready in time."""
+    models = list(models)
+    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+    source = Path(model_repository) if model_repository else default_repository()
+    if source is None:
+        raise ServerError("no model repository found; pass --model-repository")
+    tmp = None
+    if run_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bucketserve-run-")
+        run_dir = tmp.name
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port, metrics_port = (p or free_port(host) for p in (http_port, grpc_port, metrics_port))
+
+    if prepare_models:
+        prepare_model_dirs(source, models, overrides, log=log)
+    repo = prepare_repository(source, run_dir, models, overrides, instance_kind=instance_kind)
+    install = find_tritonserver(default_cache_dir())
+    removed = clean_stale_shm()
+    if removed:
+        log(f"[bucketserve] removed {len(removed)} stale shared-memory region(s) of crashed servers")
+    cmd = build_command(install, repo, host, http_port, grpc_port, metrics_port, exit_timeout_s, _has_gpu(), extra_args=extra_args)
+    env = dict(os.environ)
+    env.update(install.env)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+
+    log_path = None
+    if inherit_output:
+        stdout = None
+    else:
+        log_path = Path(log_file) if log_file else run_dir / "tritonserver.log"
+        stdout = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        if stdout is not None:
+            stdout.close()
+    handle = ServerHandle(proc, host, http_port, grpc_port, metrics_port, run_dir, log_path, models, exit_timeout_s, tmp)
+    log(f"[bucketserve] tritonserver ({install.source}) pid {proc.pid}: models {', '.join(models)}; "
+        f"http {handle.http_url}, grpc {handle.grpc_url}, metrics {handle.metrics_url}")
+    try:
+        wait_ready(handle, ready_timeout_s, log=log)
+    except BaseException:
+        handle.stop(timeout_s=10)
+        raise
+    return handle
+
+
+def wait_ready(handle: ServerHandle, timeout_s: float, log=print) -> None:
+    start = time.monotonic()
+    last_note = start
+    while True:
+        if not handle.alive():
+            raise ServerError(f"tritonserver exited with code {handle.process.returncode} before it was ready\n{handle.log_tail()}")
+        if handle.ready():
+            log(f"[bucketserve] ready in {time.monotonic() - start:.1f}s")
+            return
+        now = time.monotonic()
+        if now - start > timeout_s:
+            raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s\n{handle.log_tail()}")
+        if now - last_note >= 5:
+            log(f"[bucketserve] waiting for the models to load ({now - start:.0f}s)")
+            last_note = now
+        time.sleep(0.2)
+
+
+def serve_forever(handle: ServerHandle, log=print) -> int:
+    """Block until the server exits; SIGTERM / SIGINT are forwarded to it once, and the whole
+    group is killed if it outlives its exit timeout. Returns the exit code."""
+    state = {"stop_at": None}
+
+    def on_signal(signum, _frame):
+        if state["stop_at"] is None:
+            log(f"[bucketserve] {signal.Signals(signum).name}: stopping the server (up to {handle.exit_timeout_s}s)")
+            state["stop_at"] = time.monotonic()
+            handle.terminate()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            code = handle.wait(0.5)
+            if code is not None:
+                break
+            if state["stop_at"] is not None and time.monotonic() - state["stop_at"] > handle.exit_timeout_s + 10:
+                log("[bucketserve] server outlived its exit timeout; killing its process group")
+                handle.kill_group()
+                code = 1
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        try:
+            os.killpg(handle.pid, signal.SIGKILL)  # stubs left behind by a crashed server
+        except (ProcessLookupError, PermissionError):
+            pass
+    log(f"[bucketserve] server exited with code {code}")
+    return code

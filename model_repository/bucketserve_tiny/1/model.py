@@ -1,0 +1,1 @@
+../../bucketserve/1/model.py

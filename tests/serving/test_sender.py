@@ -1,0 +1,181 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bucket_scheduler.runtime.api import (FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestMetrics, RequestOutput,
+                                          SamplingParams)
+from bucket_scheduler.serving.metrics import Metrics
+from bucket_scheduler.serving.sender import Sender
+
+from . import fake_pb_utils as pb
+
+
+class FakeEngine:
+    def __init__(self):
+        self.cancelled = []
+
+    def cancel(self, request_id):
+        self.cancelled.append(request_id)
+
+    def stats(self):
+        return {"buckets": [{"low": 0, "up": 64, "depth": 2}], "num_waiting": 2, "num_running": 1,
+                "kv_bytes_in_use": 10, "kv_budget_bytes": 100}
+
+
+@pytest.fixture
+def setup():
+    engine = FakeEngine()
+    metrics = Metrics(pb, "m", "1")
+    sender = Sender(pb, engine, metrics, cancel_poll_s=0.005, stats_every_s=0.005, stats_fn=engine.stats)
+    sender.start()
+    yield sender, engine, metrics
+    sender.stop()
+
+
+def request(rid, stream=False, prompt="p", **kw):
+    return GenerationRequest(request_id=rid, prompt=prompt, sampling=SamplingParams(max_tokens=4), stream=stream, **kw)
+
+
+def wait_for(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def text(resp):
+    return resp.outputs["text_output"][0].decode()
+
+
+def metric(metrics, name, **labels):
+    key = (name, tuple(sorted(labels.items())))
+    return metrics._metrics[key]
+
+
+def test_non_streaming_gets_one_response_with_all_text(setup):
+    sender, _, metrics = setup
+    rs = pb.ResponseSender()
+    sender.register(rs, request("a"))
+    sender.on_output(RequestOutput("a", delta_text="Hel"))
+    sender.on_output(RequestOutput("a", delta_text="lo", finished=True, finish_reason="length", num_input_tokens=3,
+                                   num_output_tokens=2, metrics=RequestMetrics(ttft_s=0.01, tpot_s=0.002, e2e_s=0.02)))
+    assert wait_for(lambda: rs.finals)
+    assert len(rs.sent) == 1
+    resp = rs.finals[0]
+    assert text(resp) == "Hello" and resp.outputs["finish_reason"][0] == b"length"
+    assert resp.outputs["num_output_tokens"][0] == 2 and resp.outputs["num_input_tokens"][0] == 3
+    assert wait_for(lambda: metric(metrics, "bucketserve_requests_total", outcome="success").value == 1)
+    assert metric(metrics, "bucketserve_generation_tokens_total").value == 2
+    assert metric(metrics, "bucketserve_prompt_tokens_total").value == 3
+    assert metric(metrics, "bucketserve_time_to_first_token_seconds").observations == [0.01]
+
+
+def test_streaming_sends_each_delta_then_the_final(setup):
+    sender, _, _ = setup
+    rs = pb.ResponseSender()
+    sender.register(rs, request("s", stream=True))
+    for d in ("a", "b"):
+        sender.on_output(RequestOutput("s", delta_text=d))
+    sender.on_output(RequestOutput("s", delta_text="", finished=True, finish_reason="stop", num_output_tokens=2))
+    assert wait_for(lambda: rs.finals)
+    assert [text(r) for r, _ in rs.sent] == ["a", "b", ""]
+    assert [f for _, f in rs.sent] == [0, 0, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
+
+
+def test_prompt_is_prepended_when_asked(setup):
+    sender, _, _ = setup
+    rs = pb.ResponseSender()
+    sender.register(rs, request("e", prompt="Q: ", exclude_input_in_output=False))
+    sender.on_output(RequestOutput("e", delta_text="A", finished=True, finish_reason="stop"))
+    assert wait_for(lambda: rs.finals)
+    assert text(rs.finals[0]) == "Q: A"
+
+
+def test_cancel_flows_one_way_and_ends_in_one_cancelled_final(setup):
+    sender, engine, metrics = setup
+    rs = pb.ResponseSender()
+    sender.register(rs, request("c", stream=True))
+    sender.on_output(RequestOutput("c", delta_text="x"))
+    rs.cancelled = True
+    assert wait_for(lambda: engine.cancelled == ["c"])
+    time.sleep(0.03)
+    assert engine.cancelled == ["c"]  # asked once
+    sender.on_output(RequestOutput("c", finished=True, finish_reason=FINISH_CANCELLED, num_output_tokens=1))
+    sender.on_output(RequestOutput("c", finished=True, finish_reason="length"))  # a late duplicate is ignored
+    assert wait_for(lambda: rs.finals)
+    time.sleep(0.03)
+    assert len(rs.finals) == 1 and rs.finals[0].error.code() == pb.TritonError.CANCELLED
+    assert metric(metrics, "bucketserve_requests_total", outcome="cancelled").value == 1
+
+
+def test_failures_send_an_error_final(setup):
+    sender, _, metrics = setup
+    unregistered, registered, faulted = pb.ResponseSender(), pb.ResponseSender(), pb.ResponseSender()
+    sender.fail("u", "INVALID_ARG", "max_tokens: bad", "invalid", unregistered)
+    sender.register(registered, request("r"))
+    sender.fail("r", "UNAVAILABLE", "queue full", "rejected")
+    sender.register(faulted, request("f"))
+    sender.on_output(RequestOutput("f", finished=True, finish_reason=FINISH_ERROR, error_message="step failed"))
+    assert wait_for(lambda: unregistered.finals and registered.finals and faulted.finals)
+    assert unregistered.finals[0].error.code() == pb.TritonError.INVALID_ARG
+    assert unregistered.finals[0].error.message() == "max_tokens: bad"
+    assert registered.finals[0].error.code() == pb.TritonError.UNAVAILABLE
+    assert faulted.finals[0].error.code() == pb.TritonError.INTERNAL and "step failed" in faulted.finals[0].error.message()
+    for outcome in ("invalid", "rejected", "error"):
+        assert metric(metrics, "bucketserve_requests_total", outcome=outcome).value == 1
+
+
+def test_stop_answers_everything_pending():
+    sender = Sender(pb, FakeEngine(), None)
+    sender.start()
+    senders = [pb.ResponseSender() for _ in range(5)]
+    for i, rs in enumerate(senders):
+        sender.register(rs, request(f"p{i}"))
+    sender.stop()
+    assert all(len(rs.finals) == 1 and rs.finals[0].error.code() == pb.TritonError.UNAVAILABLE for rs in senders)
+
+
+def test_engine_stats_reach_the_gauges(setup):
+    _, _, metrics = setup
+    assert wait_for(lambda: ("bucketserve_queue_depth", (("bucket", "[0,64)"),)) in metrics._metrics)
+    assert metric(metrics, "bucketserve_queue_depth", bucket="[0,64)").value == 2
+    assert metric(metrics, "bucketserve_batch_size").value == 1
+    assert metric(metrics, "bucketserve_kv_budget_bytes").value == 100
+
+
+def test_only_the_sender_thread_touches_metrics_and_senders():
+    """Many producer threads at once; every send, is_cancelled and metric update still comes
+    from one thread (the crash hazard of the python backend's metrics)."""
+    engine = FakeEngine()
+    metrics = Metrics(pb, "m", "1")
+    sender = Sender(pb, engine, metrics, cancel_poll_s=0.001, stats_every_s=0.001, stats_fn=engine.stats)
+    sender.start()
+    senders = {}
+
+    def producer(k):
+        for i in range(50):
+            rid = f"{k}-{i}"
+            rs = senders[rid] = pb.ResponseSender()
+            sender.register(rs, request(rid, stream=True))
+            sender.on_output(RequestOutput(rid, delta_text="t"))
+            sender.on_output(RequestOutput(rid, finished=True, finish_reason="length", num_output_tokens=1,
+                                           metrics=RequestMetrics(ttft_s=0.001, e2e_s=0.002)))
+
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sender.stop()
+    touched = set()
+    for rs in senders.values():
+        assert len(rs.finals) == 1
+        touched |= rs.threads
+    for m in metrics._metrics.values():
+        touched |= m.threads
+    assert len(touched) == 1 and threading.get_ident() not in touched
+    assert metric(metrics, "bucketserve_requests_total", outcome="success").value == 400
