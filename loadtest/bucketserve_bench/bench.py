@@ -1,0 +1,168 @@
+"""The benchmark: one workload, every system, a rate sweep and a saturated run each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+
+from tqdm import tqdm
+
+from . import scrape
+from .metrics import RequestResult, RunSummary, percentile, rate_at_attainment, summarize_run
+from .runner import run_open_loop, run_sequential
+from .workload import BenchRequest, apply_slo, poisson_offsets
+
+# Gauges sampled while a run is in flight; the report gives their mean over the samples.
+SAMPLED_GAUGES = ("bucketserve_padding_efficiency", "bucketserve_batch_size", "bucketserve_buckets", "bucketserve_queue_requests")
+
+
+@dataclass
+class SloConfig:
+    ttft_ms: float | None = None  # fixed thresholds; None: scale from the calibration
+    tpot_ms: float | None = None
+    ttft_scale: float = 5.0  # x the unloaded TTFT p90 of the calibration requests
+    tpot_scale: float = 5.0  # x the unloaded TPOT p50
+    calibration_requests: int = 8
+
+
+@dataclass
+class SweepConfig:
+    rates: list[float]
+    offline: bool = True  # also run every request at t=0 (saturated throughput)
+    seed: int = 0
+    request_timeout_s: float = 600.0
+    metrics_poll_s: float = 0.5
+    warmup_requests: int = 2
+    target_attainment: float = 0.8
+
+
+@dataclass
+class SystemResult:
+    name: str
+    kind: str  # "bucketserve" | "vllm"
+    startup_s: float | None = None
+    runs: list[dict] = field(default_factory=list)
+    skipped: str | None = None
+    capacity: dict | None = None  # rate held at the target attainment
+    results: dict = field(default_factory=dict, repr=False)  # run label -> per-request records
+
+
+async def _poll_gauges(url: str, every_s: float, samples: dict[str, list[float]], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            values = await asyncio.to_thread(scrape.scrape, url)
+            for name in SAMPLED_GAUGES:
+                if name in values:
+                    samples.setdefault(name, []).append(values[name])
+        except OSError:
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def measure(system, client, reqs: list[BenchRequest], offsets: list[float], mode: str, rate: float | None, cfg: SweepConfig, bar) -> tuple[RunSummary, list[RequestResult]]:
+    """One run against a started system, with its metrics scraped around it."""
+    url = system.metrics_url
+    before = await asyncio.to_thread(scrape.scrape, url) if url else {}
+    samples: dict[str, list[float]] = {}
+    stop = asyncio.Event()
+    poller = asyncio.create_task(_poll_gauges(url, cfg.metrics_poll_s, samples, stop)) if url else None
+    try:
+        results = await run_open_loop(client, reqs, offsets, cfg.request_timeout_s, on_done=lambda _r: bar.update(1))
+    finally:
+        stop.set()
+        if poller is not None:
+            await poller
+    summary = summarize_run(system.name, mode, rate, results)
+    if url:
+        after = await asyncio.to_thread(scrape.scrape, url)
+        counters = {k: v for k, v in scrape.delta(before, after).items() if k.endswith("_total")}
+        gauges = {k: sum(v) / len(v) for k, v in samples.items() if v}
+        summary.server_metrics = {"counters": counters, "gauge_means": gauges}
+        summary.padding_efficiency = gauges.get("bucketserve_padding_efficiency")
+    return summary, results
+
+
+async def calibrate(client, reqs: list[BenchRequest], slo: SloConfig, timeout_s: float) -> dict:
+    """Unloaded latency, one request at a time: what the SLO thresholds are multiples of."""
+    cal = reqs[: slo.calibration_requests]
+    results = await run_sequential(client, cal, timeout_s)
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise RuntimeError(f"calibration request failed: {bad[0].error}")
+    ttft = [r.ttft_s * 1000 for r in results if r.ttft_s is not None]
+    tpot = [r.tpot_s * 1000 for r in results if r.tpot_s is not None and r.output_tokens > 1]
+    out = {
+        "requests": len(results),
+        "ttft_ms_p50": percentile(ttft, 50),
+        "ttft_ms_p90": percentile(ttft, 90),
+        "tpot_ms_p50": percentile(tpot, 50),
+        "tpot_ms_p90": percentile(tpot, 90),
+    }
+    out["slo_ttft_ms"] = slo.ttft_ms if slo.ttft_ms is not None else slo.ttft_scale * out["ttft_ms_p90"]
+    out["slo_tpot_ms"] = slo.tpot_ms if slo.tpot_ms is not None else slo.tpot_scale * out["tpot_ms_p50"]
+    return out
+
+
+def _record(res: RequestResult) -> dict:
+    d = asdict(res)
+    d.pop("token_times")
+    d["tpot_s"] = res.tpot_s
+    d["meets_slo"] = res.meets_slo
+    return d
+
+
+async def run_system(system, kind: str, reqs: list[BenchRequest], cfg: SweepConfig, slo_box: dict, slo: SloConfig, bar, log) -> SystemResult:
+    out = SystemResult(system.name, kind)
+    t0 = time.monotonic()
+    await asyncio.to_thread(system.start, log)
+    out.startup_s = time.monotonic() - t0
+    client = system.client()
+    try:
+        if cfg.warmup_requests:
+            warm = await run_sequential(client, reqs[: cfg.warmup_requests], cfg.request_timeout_s)
+            failed = [r for r in warm if not r.ok]
+            if failed:
+                raise RuntimeError(f"{system.name}: warm-up request failed: {failed[0].error}")
+        if "slo_ttft_ms" not in slo_box:  # the first system started sets the thresholds for all
+            slo_box.update(await calibrate(client, reqs, slo, cfg.request_timeout_s))
+            slo_box["calibrated_on"] = system.name
+            apply_slo(reqs, slo_box["slo_ttft_ms"], slo_box["slo_tpot_ms"])
+        for rate in cfg.rates:
+            bar.set_description(f"{system.name} @ {rate:g} req/s")
+            summary, results = await measure(system, client, reqs, poisson_offsets(len(reqs), rate, cfg.seed), "rate", rate, cfg, bar)
+            out.runs.append(asdict(summary))
+            out.results[f"rate={rate:g}"] = [_record(r) for r in results]
+        if cfg.offline:
+            bar.set_description(f"{system.name} offline")
+            summary, results = await measure(system, client, reqs, [0.0] * len(reqs), "offline", None, cfg, bar)
+            out.runs.append(asdict(summary))
+            out.results["offline"] = [_record(r) for r in results]
+    finally:
+        await client.close()
+        await asyncio.to_thread(system.stop)
+    cap = rate_at_attainment([(r["rate"], r["slo_attainment"]) for r in out.runs if r["mode"] == "rate"], cfg.target_attainment)
+    out.capacity = asdict(cap)
+    return out
+
+
+async def run_all(systems: list[tuple[object, str]], reqs: list[BenchRequest], cfg: SweepConfig, slo: SloConfig, log=print) -> tuple[list[SystemResult], dict]:
+    slo_box: dict = {}
+    if slo.ttft_ms is not None and slo.tpot_ms is not None:
+        slo_box.update(slo_ttft_ms=slo.ttft_ms, slo_tpot_ms=slo.tpot_ms, calibrated_on=None)
+        apply_slo(reqs, slo.ttft_ms, slo.tpot_ms)
+    per_system = len(reqs) * (len(cfg.rates) + (1 if cfg.offline else 0))
+    results = []
+    with tqdm(total=per_system * len(systems), unit="req", dynamic_ncols=True) as bar:
+        for system, kind in systems:
+            done_before = bar.n
+            try:
+                results.append(await run_system(system, kind, reqs, cfg, slo_box, slo, bar, log=lambda m: bar.write(str(m))))
+            except Exception as exc:
+                bar.write(f"[bench] {system.name} failed: {type(exc).__name__}: {exc}")
+                results.append(SystemResult(system.name, kind, skipped=f"failed: {type(exc).__name__}: {exc}"))
+                bar.update(max(0, done_before + per_system - bar.n))
+    return results, slo_box

@@ -1,0 +1,156 @@
+"""bucketserve-bench: open-loop rate sweeps of BucketServe's policies (and vLLM on CPU).
+
+    bucketserve-bench --quick                        # smoke test, tiny model, < 2 minutes
+    bucketserve-bench --rates 0.25,0.5,1,2 --vllm    # full comparison, see docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import report as rep
+from .bench import SloConfig, SweepConfig, run_all
+from .checks import sanity_problems
+from .systems import POLICIES, OurServer, SystemUnavailable, VllmServer, vllm_version
+from .workload import DEFAULT_TRACES, LengthShaping, WorkloadSpec, build_workload, load_tokenizer, summarize, to_dict
+
+# Smoke mode: the tiny random model, two policies (so the per-policy restart is exercised),
+# a two-rate sweep and a saturated run of 12 short requests each.
+QUICK = dict(
+    model="bucketserve_tiny", model_dir="tiny", policies="bucket,static", rates="2,8", num_requests=12,
+    max_prompt=64, max_output=12, prompt_scale=0.05, output_scale=0.1, calibration_requests=3,
+)  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bucketserve-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("workload")
+    g.add_argument("--trace", action="append", help="Azure LLM trace CSV (repeat for a mix; default: the conversation and code traces)")
+    g.add_argument("--num-requests", type=int, default=60)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--online-fraction", type=float, default=0.5, help="share of requests with TTFT/TPOT SLOs (default 0.5)")
+    g.add_argument("--prompt-scale", type=float, default=0.25, help="multiply trace prompt lengths (default 0.25)")
+    g.add_argument("--output-scale", type=float, default=0.25, help="multiply trace output lengths (default 0.25)")
+    g.add_argument("--min-prompt", type=int, default=4)
+    g.add_argument("--max-prompt", type=int, default=512)
+    g.add_argument("--min-output", type=int, default=2)
+    g.add_argument("--max-output", type=int, default=64)
+    g = p.add_argument_group("systems")
+    g.add_argument("--policies", default=",".join(POLICIES), help="our server's policies to run, comma-separated (empty: none)")
+    g.add_argument("--model", default="bucketserve", help="model name in the repository (default bucketserve)")
+    g.add_argument("--model-dir", default=None, help="Hugging Face model directory (or 'smollm2' / 'tiny'); default: the model's default (SmolLM2-135M)")
+    g.add_argument("--max-model-len", type=int, default=2048)
+    g.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE", help="extra config.pbtxt parameter for our server (repeatable)")
+    g.add_argument("--vllm", action="store_true", help="also run vLLM on CPU (skipped with a message if its venv is absent)")
+    g.add_argument("--vllm-python", default=".venv-vllm/bin/python")
+    g.add_argument("--vllm-kv-gib", type=float, default=2.0, help="VLLM_CPU_KVCACHE_SPACE (GiB)")
+    g = p.add_argument_group("load and SLOs")
+    g.add_argument("--rates", default="0.25,0.5,1,2", help="request rates to sweep (req/s, comma-separated)")
+    g.add_argument("--no-offline", action="store_true", help="skip the saturated run (all requests at t=0)")
+    g.add_argument("--slo-ttft-ms", type=float, default=None, help="fixed TTFT target; default: scaled from the unloaded latency")
+    g.add_argument("--slo-tpot-ms", type=float, default=None)
+    g.add_argument("--ttft-scale", type=float, default=5.0, help="TTFT SLO = this x unloaded TTFT p90 (default 5)")
+    g.add_argument("--tpot-scale", type=float, default=5.0, help="TPOT SLO = this x unloaded TPOT p50 (default 5)")
+    g.add_argument("--calibration-requests", type=int, default=8)
+    g.add_argument("--request-timeout", type=float, default=600.0)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="bench-results", help="output directory (default bench-results/)")
+    g.add_argument("--quick", action="store_true", help="smoke mode: tiny model, short sweep, sanity checks (< 2 minutes)")
+    args = p.parse_args(argv)
+    if args.quick:
+        defaults = p.parse_args([])
+        for k, v in QUICK.items():
+            if getattr(args, k) == getattr(defaults, k):  # flags given explicitly still win
+                setattr(args, k, v)
+    return args
+
+
+def resolve_model_dir(setting: str | None) -> Path:
+    from bucket_scheduler.runtime.models import resolve_model
+
+    return Path(resolve_model(setting))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    traces = args.trace or list(DEFAULT_TRACES)
+    for t in traces:
+        if not Path(t).is_file():
+            print(f"trace not found: {t} (pass --trace PATH; run from the repository root for the default)", file=sys.stderr)
+            return 2
+    rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}", file=sys.stderr)
+        return 2
+
+    model_dir = resolve_model_dir(args.model_dir)
+    shaping = LengthShaping(args.prompt_scale, args.output_scale, args.min_prompt, args.max_prompt, args.min_output, args.max_output)
+    spec = WorkloadSpec(traces=traces, num_requests=args.num_requests, seed=args.seed, shaping=shaping, online_fraction=args.online_fraction)
+    reqs = build_workload(spec, load_tokenizer(model_dir))
+    overrides = dict(kv.split("=", 1) for kv in args.server_param)
+    overrides.setdefault("max_model_len", str(args.max_model_len))
+
+    systems = [(OurServer(p, model=args.model, model_dir=str(model_dir), overrides=overrides, log_dir=out / "logs"), "bucketserve") for p in policies]
+    skipped = []
+    if args.vllm:
+        vllm = VllmServer(str(model_dir), python=Path(args.vllm_python), max_model_len=args.max_model_len, kv_cache_gib=args.vllm_kv_gib, log_dir=out / "logs")
+        try:
+            vllm.check()
+            systems.append((vllm, "vllm"))
+        except SystemUnavailable as exc:
+            print(f"[bench] skipping vLLM: {exc}", file=sys.stderr)
+            skipped.append({"name": "vllm", "kind": "vllm", "skipped": str(exc), "runs": []})
+
+    cfg = SweepConfig(rates=rates, offline=not args.no_offline, seed=args.seed, request_timeout_s=args.request_timeout)
+    slo = SloConfig(args.slo_ttft_ms, args.slo_tpot_ms, args.ttft_scale, args.tpot_scale, args.calibration_requests)
+    results, slo_box = asyncio.run(run_all(systems, reqs, cfg, slo))
+
+    systems_out = [{k: v for k, v in asdict(r).items() if k != "results"} for r in results] + skipped
+    if slo.ttft_ms is None or slo.tpot_ms is None:
+        slo_box["how"] = (f"TTFT = {slo.ttft_scale:g} x unloaded TTFT p90, TPOT = {slo.tpot_scale:g} x unloaded TPOT p50, "
+                          f"measured one request at a time on '{slo_box.get('calibrated_on')}' before its sweep")
+    head = rep.headline(systems_out)
+    report = {
+        "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": time.time() - started,
+        "machine": rep.machine_info(),
+        "config": {**{k: v for k, v in vars(args).items()}, "rates": rates, "policies": policies, "model_dir": str(model_dir),
+                   "target_attainment": cfg.target_attainment},
+        "workload": {"traces": traces, "seed": args.seed, "shaping": shaping.describe(), "online_fraction": args.online_fraction,
+                     "summary": summarize(reqs), "requests": [to_dict(r) for r in reqs]},
+        "slo": slo_box,
+        "systems": systems_out,
+        "headline": head,
+        "ratios": rep.ratios(head),
+    }
+    if any(kind == "vllm" for _, kind in systems):
+        report["machine"]["vllm"] = vllm_version(Path(args.vllm_python))
+    rep.write_json(out / "results.json", report)
+    (out / "per_request.json").write_text(__import__("json").dumps({r.name: r.results for r in results}))
+    md = rep.markdown(report)
+    (out / "report.md").write_text(md)
+    pngs = rep.plots(report, out)
+    print(md)
+    print(f"[bench] wrote {out / 'results.json'}, {out / 'report.md'}, {', '.join(str(p) for p in pngs)} in {time.time() - started:.0f}s")
+    if args.quick:
+        problems = sanity_problems(report, {r.name: r.results for r in results}, pngs)
+        if problems:
+            print("[bench] quick-mode sanity checks FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 1
+        print("[bench] quick-mode sanity checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

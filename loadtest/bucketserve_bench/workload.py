@@ -1,0 +1,218 @@
+"""Benchmark workloads built from real request-length traces.
+
+A workload is a seeded list of BenchRequest: prompt length and output length drawn from
+Azure LLM inference traces (conversation and code services), optionally scaled and clipped
+to fit a small machine, a prompt text with exactly that many tokens under the served
+model's tokenizer, and a class (online with TTFT / TPOT targets, or offline).  Every
+system under test gets the same list, and every request rate the same arrival pattern
+stretched to the rate, so runs differ only in the system and the rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+# Relative to the repository root; the CLI's --trace overrides it.
+DEFAULT_TRACES = ("../shared/data/azure_llm_2023_conv.csv", "../shared/data/azure_llm_2023_code.csv")
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    prompt_tokens: int
+    output_tokens: int
+    source: str  # file stem, e.g. "azure_llm_2023_conv"
+
+
+def read_trace(path: str | Path) -> list[TraceRow]:
+    """Rows of an Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)."""
+    path = Path(path)
+    rows = []
+    with path.open(newline="") as f:
+        for rec in csv.DictReader(f):
+            rows.append(TraceRow(int(rec["ContextTokens"]), int(rec["GeneratedTokens"]), path.stem))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+@dataclass
+class LengthShaping:
+    """How trace lengths are fitted to this machine: scale, then clip. Stated in every report."""
+
+    prompt_scale: float = 1.0
+    output_scale: float = 1.0
+    min_prompt: int = 4
+    max_prompt: int = 1024
+    min_output: int = 2
+    max_output: int = 256
+
+    def apply(self, row: TraceRow) -> tuple[int, int]:
+        p = round(row.prompt_tokens * self.prompt_scale)
+        o = round(row.output_tokens * self.output_scale)
+        return (min(max(p, self.min_prompt), self.max_prompt), min(max(o, self.min_output), self.max_output))
+
+    def describe(self) -> str:
+        return (
+            f"prompt tokens x{self.prompt_scale:g} clipped to [{self.min_prompt}, {self.max_prompt}], "
+            f"output tokens x{self.output_scale:g} clipped to [{self.min_output}, {self.max_output}]"
+        )
+
+
+@dataclass
+class WorkloadSpec:
+    traces: Sequence[str] = DEFAULT_TRACES
+    num_requests: int = 100
+    seed: int = 0
+    shaping: LengthShaping = field(default_factory=LengthShaping)
+    online_fraction: float = 0.5  # share of requests that carry TTFT / TPOT targets
+    # Drawn from the union of the traces, each trace weighted equally (a mixed workload
+    # of chat and code requests), rows sampled with replacement.
+
+
+@dataclass
+class BenchRequest:
+    index: int
+    prompt: str
+    prompt_tokens: int
+    output_tokens: int
+    online: bool
+    source: str
+    # Filled in once the SLO thresholds are known (online requests only).
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the prompt builder uses."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def get_vocab(self) -> dict[str, int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+_WORD = re.compile(r"^ [a-z]{3,9}$")
+
+
+class PromptBuilder:
+    """Makes a text of exactly N tokens: N space-led lowercase words, each one token.
+
+    Byte-level BPE pre-splits text at spaces, so a text of words that are each a single
+    vocabulary entry (" house") encodes to exactly one token per word.  The pool holds
+    only words verified to round-trip alone; build() checks the whole text again.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, pool_size: int = 2000):
+        self.tokenizer = tokenizer
+        words = []
+        for tok_id in sorted(tokenizer.get_vocab().values()):
+            text = tokenizer.decode([tok_id])
+            if _WORD.match(text) and tokenizer.encode(text, add_special_tokens=False) == [tok_id]:
+                words.append(text)
+                if len(words) >= pool_size:
+                    break
+        if len(words) < 50:
+            raise ValueError("tokenizer has too few single-token words to synthesise prompts")
+        self.words = words
+
+    def build(self, num_tokens: int, rng: random.Random) -> str:
+        text = "".join(rng.choice(self.words) for _ in range(num_tokens))
+        got = len(self.tokenizer.encode(text, add_special_tokens=False))
+        if got != num_tokens:
+            raise AssertionError(f"synthesised prompt has {got} tokens, wanted {num_tokens}")
+        return text
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer  # heavy import, only when prompts are built
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def sample_lengths(spec: WorkloadSpec, rows_by_trace: dict[str, list[TraceRow]]) -> list[tuple[TraceRow, int, int]]:
+    """Seeded draw of (row, prompt_tokens, output_tokens), traces weighted equally."""
+    rng = random.Random(f"{spec.seed}-lengths")
+    names = sorted(rows_by_trace)
+    out = []
+    for _ in range(spec.num_requests):
+        row = rng.choice(rows_by_trace[rng.choice(names)])
+        p, o = spec.shaping.apply(row)
+        out.append((row, p, o))
+    return out
+
+
+def build_workload(spec: WorkloadSpec, tokenizer: Tokenizer, trace_rows: dict[str, list[TraceRow]] | None = None) -> list[BenchRequest]:
+    """The request list every system gets. Same spec and tokenizer -> same list."""
+    if trace_rows is None:
+        trace_rows = {str(t): read_trace(t) for t in spec.traces}
+    builder = PromptBuilder(tokenizer)
+    class_rng = random.Random(f"{spec.seed}-class")
+    text_rng = random.Random(f"{spec.seed}-text")
+    reqs = []
+    for i, (row, p, o) in enumerate(sample_lengths(spec, trace_rows)):
+        reqs.append(
+            BenchRequest(
+                index=i,
+                prompt=builder.build(p, text_rng),
+                prompt_tokens=p,
+                output_tokens=o,
+                online=class_rng.random() < spec.online_fraction,
+                source=row.source,
+            )
+        )
+    return reqs
+
+
+def poisson_offsets(n: int, rate: float, seed: int) -> list[float]:
+    """Send times (s from start) of n Poisson arrivals at `rate` req/s.
+
+    The unit-rate gaps are drawn once per seed and divided by the rate, so every rate
+    sees the same pattern, only compressed (common random numbers across the sweep).
+    """
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    rng = random.Random(f"{seed}-arrivals")
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(1.0) / rate
+    return out
+
+
+def apply_slo(reqs: list[BenchRequest], slo_ttft_ms: float, slo_tpot_ms: float) -> None:
+    for r in reqs:
+        if r.online:
+            r.slo_ttft_ms, r.slo_tpot_ms = slo_ttft_ms, slo_tpot_ms
+        else:
+            r.slo_ttft_ms = r.slo_tpot_ms = None
+
+
+def summarize(reqs: list[BenchRequest]) -> dict:
+    """Length statistics for the report."""
+
+    def pct(vals: list[int], q: float) -> int:
+        s = sorted(vals)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    p = [r.prompt_tokens for r in reqs]
+    o = [r.output_tokens for r in reqs]
+    return {
+        "num_requests": len(reqs),
+        "online": sum(r.online for r in reqs),
+        "offline": sum(not r.online for r in reqs),
+        "prompt_tokens": {"mean": sum(p) / len(p), "p50": pct(p, 0.5), "p90": pct(p, 0.9), "max": max(p)},
+        "output_tokens": {"mean": sum(o) / len(o), "p50": pct(o, 0.5), "p90": pct(o, 0.9), "max": max(o)},
+        "by_source": {s: sum(r.source == s for r in reqs) for s in sorted({r.source for r in reqs})},
+    }
+
+
+def to_dict(r: BenchRequest) -> dict:
+    d = asdict(r)
+    d.pop("prompt")
+    return d
