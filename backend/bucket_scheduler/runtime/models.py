@@ -306,4 +306,12 @@ def kv_spec_from_config(hf_config, dtype):
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
-    return KVSpec(num_layers=text.num_hidden_layers, num_kv_heads=kv_heads, head_dim=head_dim, dtype_bytes=dtype_bytes)
+    return KVSpec(
+        num_layers=text.num_hidden_layers,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        dtype_bytes=dtype_bytes,
+        hidden_size=text.hidden_size,
+        intermediate_size=getattr(text, "intermediate_size", 0) or 0,
+        vocab_size=text.vocab_size,
+    )
