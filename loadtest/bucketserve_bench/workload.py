@@ -98,6 +98,7 @@ class Tokenizer(Protocol):
 
 
 _WORD = re.compile(r"^ [a-z]{3,9}$")
+_LOOSE_WORD = re.compile(r"^ [A-Za-z]{1,12}$")  # for toy tokenizers with few whole words
 
 
 class PromptBuilder:
@@ -110,16 +111,22 @@ class PromptBuilder:
 
     def __init__(self, tokenizer: Tokenizer, pool_size: int = 2000):
         self.tokenizer = tokenizer
+        words = self._pool(_WORD, pool_size)
+        if len(words) < 50:
+            words = self._pool(_LOOSE_WORD, pool_size)
+        if len(words) < 8:
+            raise ValueError("tokenizer has too few single-token words to synthesise prompts")
+        self.words = words
+
+    def _pool(self, pattern: re.Pattern, pool_size: int) -> list[str]:
         words = []
-        for tok_id in sorted(tokenizer.get_vocab().values()):
-            text = tokenizer.decode([tok_id])
-            if _WORD.match(text) and tokenizer.encode(text, add_special_tokens=False) == [tok_id]:
+        for tok_id in sorted(self.tokenizer.get_vocab().values()):
+            text = self.tokenizer.decode([tok_id])
+            if pattern.match(text) and self.tokenizer.encode(text, add_special_tokens=False) == [tok_id]:
                 words.append(text)
                 if len(words) >= pool_size:
                     break
-        if len(words) < 50:
-            raise ValueError("tokenizer has too few single-token words to synthesise prompts")
-        self.words = words
+        return words
 
     def build(self, num_tokens: int, rng: random.Random) -> str:
         text = "".join(rng.choice(self.words) for _ in range(num_tokens))
