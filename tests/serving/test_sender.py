@@ -6,6 +6,7 @@ import pytest
 
 from bucket_scheduler.runtime.api import (FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestMetrics, RequestOutput,
                                           SamplingParams)
+from bucket_scheduler.core.interface import BucketInfo, StepStats
 from bucket_scheduler.serving.metrics import Metrics
 from bucket_scheduler.serving.sender import Sender
 
@@ -20,8 +21,8 @@ class FakeEngine:
         self.cancelled.append(request_id)
 
     def stats(self):
-        return {"buckets": [{"low": 0, "up": 64, "depth": 2}], "num_waiting": 2, "num_running": 1,
-                "kv_bytes_in_use": 10, "kv_budget_bytes": 100}
+        step = StepStats(buckets=[BucketInfo(low=0, up=64, depth=2, n_max=4)], budget_bytes=100)
+        return {"last_step": step, "num_waiting": 2, "num_running": 1, "kv_bytes": 10, "prefill_padding_efficiency": 0.5}
 
 
 @pytest.fixture
@@ -86,15 +87,6 @@ def test_streaming_sends_each_delta_then_the_final(setup):
     assert [f for _, f in rs.sent] == [0, 0, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
 
 
-def test_prompt_is_prepended_when_asked(setup):
-    sender, _, _ = setup
-    rs = pb.ResponseSender()
-    sender.register(rs, request("e", prompt="Q: ", exclude_input_in_output=False))
-    sender.on_output(RequestOutput("e", delta_text="A", finished=True, finish_reason="stop"))
-    assert wait_for(lambda: rs.finals)
-    assert text(rs.finals[0]) == "Q: A"
-
-
 def test_cancel_flows_one_way_and_ends_in_one_cancelled_final(setup):
     sender, engine, metrics = setup
     rs = pb.ResponseSender()
@@ -145,6 +137,8 @@ def test_engine_stats_reach_the_gauges(setup):
     assert metric(metrics, "bucketserve_queue_depth", bucket="[0,64)").value == 2
     assert metric(metrics, "bucketserve_batch_size").value == 1
     assert metric(metrics, "bucketserve_kv_budget_bytes").value == 100
+    assert metric(metrics, "bucketserve_kv_bytes_in_use").value == 10
+    assert metric(metrics, "bucketserve_padding_efficiency").value == 0.5
 
 
 def test_only_the_sender_thread_touches_metrics_and_senders():

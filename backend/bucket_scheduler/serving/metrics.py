@@ -41,7 +41,7 @@ SPECS = [
     MetricSpec("bucketserve_queue_requests", "gauge", "Waiting requests in the engine, all buckets"),
     MetricSpec("bucketserve_buckets", "gauge", "Number of buckets the scheduler keeps now"),
     MetricSpec("bucketserve_batch_size", "gauge", "Sequences in the running batch"),
-    MetricSpec("bucketserve_padding_efficiency", "gauge", "Useful / computed token slots of the last prefill batch"),
+    MetricSpec("bucketserve_padding_efficiency", "gauge", "Prefill padding efficiency since start: useful / computed token slots"),
     MetricSpec("bucketserve_kv_bytes_in_use", "gauge", "Bytes the KV cache holds now"),
     MetricSpec("bucketserve_kv_budget_bytes", "gauge", "Safe KV budget from the live free-memory probe"),
     MetricSpec("bucketserve_inflight_requests", "gauge", "Requests accepted and not yet given their final response"),
@@ -123,20 +123,26 @@ class Metrics:
     # ---- engine snapshot (sender thread, a few times a second) ----
 
     def update_engine(self, stats: Any) -> None:
+        """From the engine's stats snapshot (runtime.engine.EngineStats): the queue per bucket
+        of the last scheduling step, the running batch, KV bytes and budget."""
         if stats is None:
             return
-        buckets = _get(stats, "buckets", default=[]) or []
+        step = _get(stats, "last_step")
+        waiting = int(_get(stats, "num_waiting", default=0))
+        buckets = (_get(step, "buckets", default=[]) if step is not None else []) or []
         seen = set()
         for b in buckets:
             label = f"[{_get(b, 'low')},{_get(b, 'up')})"
             seen.add(label)
-            self._metric("bucketserve_queue_depth", bucket=label).set(int(_get(b, "depth", default=0)))
+            # The step snapshot can be older than the queue: nothing waiting means every bucket is empty.
+            self._metric("bucketserve_queue_depth", bucket=label).set(int(_get(b, "depth", default=0)) if waiting else 0)
         for label in self._bucket_labels - seen:  # buckets merged away: their queue is empty
             self._metric("bucketserve_queue_depth", bucket=label).set(0)
         self._bucket_labels |= seen
         self._metric("bucketserve_buckets").set(len(buckets))
-        self._metric("bucketserve_queue_requests").set(int(_get(stats, "num_waiting", default=0)))
-        self._metric("bucketserve_batch_size").set(int(_get(stats, "num_running", "batch_size", default=0)))
-        self._metric("bucketserve_padding_efficiency").set(float(_get(stats, "padding_efficiency", "prefill_padding_efficiency", default=1.0)))
-        self._metric("bucketserve_kv_bytes_in_use").set(int(_get(stats, "kv_bytes_in_use", "planned_kv_bytes", default=0)))
-        self._metric("bucketserve_kv_budget_bytes").set(int(_get(stats, "kv_budget_bytes", "budget_bytes", default=0)))
+        self._metric("bucketserve_queue_requests").set(waiting)
+        self._metric("bucketserve_batch_size").set(int(_get(stats, "num_running", default=0)))
+        self._metric("bucketserve_padding_efficiency").set(float(_get(stats, "prefill_padding_efficiency", default=1.0)))
+        self._metric("bucketserve_kv_bytes_in_use").set(int(_get(stats, "kv_bytes", default=0)))
+        if step is not None:
+            self._metric("bucketserve_kv_budget_bytes").set(int(_get(step, "budget_bytes", default=0)))

@@ -38,11 +38,9 @@ class _Entry:
     request_id: str
     response_sender: Any
     stream: bool
-    prefix: str = ""  # the prompt, when the client asked for it in the output
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     parts: list[str] = field(default_factory=list)  # non-streaming: text so far
-    sent_any: bool = False
     cancel_requested: bool = False
 
 
@@ -80,7 +78,6 @@ class Sender:
             request_id=request.request_id,
             response_sender=response_sender,
             stream=request.stream,
-            prefix="" if request.exclude_input_in_output else request.prompt,
             slo_ttft_ms=request.slo_ttft_ms if request.req_class == "online" else None,
             slo_tpot_ms=request.slo_tpot_ms if request.req_class == "online" else None,
         )
@@ -151,10 +148,7 @@ class Sender:
         entry = self._live.get(out.request_id)
         if entry is None:
             return  # already answered (cancel raced with the end, or a shutdown final)
-        text = out.delta_text or ""
-        if entry.prefix and not entry.sent_any and (text or out.finished):
-            text = entry.prefix + text
-            entry.sent_any = True
+        text = out.delta_text or ""  # the engine puts the prompt in front when asked to
         if not out.finished:
             if entry.stream:
                 if text:
@@ -247,7 +241,6 @@ class Sender:
         flags = self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
         try:
             entry.response_sender.send(response, flags=flags)
-            entry.sent_any = True
         except Exception as exc:  # noqa: BLE001 - the client went away; the engine must drop it
             if not final and not entry.cancel_requested:
                 entry.cancel_requested = True
