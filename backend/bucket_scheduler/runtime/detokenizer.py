@@ -29,6 +29,10 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0  # start of the decode window
         self.read_offset = len(self.ids)  # tokens before this are already emitted
         self._prefix_text = self._decode(self.ids)  # decode(ids[prefix_offset:read_offset])
+        if self._prefix_text.endswith(_REPLACEMENT):
+            # The prompt ends inside a character: its bytes would merge with the output's,
+            # so decode the output on its own instead.
+            self.ids, self.read_offset, self._prefix_text = [], 0, ""
 
     def add(self, token_id: int) -> str:
         """Append one token; return the new text that is safe to emit (may be "")."""
