@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .launcher import DEFAULT_MODELS, ServerError, serve_forever, start_server
+from .launcher import DEFAULT_MODELS, ServerError, serve
 
 # flag -> config.pbtxt parameter
 SETTING_FLAGS = {
@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     overrides = overrides_from_args(args, models)
     try:
-        handle = start_server(
+        return serve(
             models=models,
             overrides=overrides,
             host=args.host,
@@ -84,11 +84,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ServerError, ValueError, RuntimeError) as exc:
         _log(f"[bucketserve] failed to start: {exc}")
         return 1
-    except KeyboardInterrupt:
-        return 130
-    _log(f"[bucketserve] serving {', '.join(models)}; try: bucketserve-client generate \"Hello\" --stream "
-         f"--url {handle.grpc_url}  (Ctrl-C stops)")
-    return serve_forever(handle, log=_log)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

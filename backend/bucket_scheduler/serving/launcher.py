@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,10 @@ DEFAULT_MODELS = ("bucketserve",)
 
 class ServerError(RuntimeError):
     pass
+
+
+class StartInterrupted(ServerError):
+    """A stop was asked for (SIGTERM / SIGINT) while the server was still starting."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -240,6 +245,7 @@ def start_server(
     instance_kind: str | None = None,
     prepare_models: bool = True,
     extra_args: list[str] | None = None,
+    stop_event: threading.Event | None = None,
     log=print,
 ) -> ServerHandle:
     """Start tritonserver with the chosen models and wait until it is ready.
@@ -252,6 +258,7 @@ def start_server(
     source = Path(model_repository) if model_repository else default_repository()
     if source is None:
         raise ServerError("no model repository found; pass --model-repository")
+    stop_event = stop_event or threading.Event()
     tmp = None
     if run_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="bucketserve-run-")
@@ -287,17 +294,19 @@ def start_server(
     log(f"[bucketserve] tritonserver ({install.source}) pid {proc.pid}: models {', '.join(models)}; "
         f"http {handle.http_url}, grpc {handle.grpc_url}, metrics {handle.metrics_url}")
     try:
-        wait_ready(handle, ready_timeout_s, log=log)
+        wait_ready(handle, ready_timeout_s, stop_event, log=log)
     except BaseException:
         handle.stop(timeout_s=10)
         raise
     return handle
 
 
-def wait_ready(handle: ServerHandle, timeout_s: float, log=print) -> None:
+def wait_ready(handle: ServerHandle, timeout_s: float, stop_event: threading.Event, log=print) -> None:
     start = time.monotonic()
     last_note = start
     while True:
+        if stop_event.is_set():
+            raise StartInterrupted("stopped while starting")
         if not handle.alive():
             raise ServerError(f"tritonserver exited with code {handle.process.returncode} before it was ready\n{handle.log_tail()}")
         if handle.ready():
@@ -312,34 +321,55 @@ def wait_ready(handle: ServerHandle, timeout_s: float, log=print) -> None:
         time.sleep(0.2)
 
 
-def serve_forever(handle: ServerHandle, log=print) -> int:
-    """Block until the server exits; SIGTERM / SIGINT are forwarded to it once, and the whole
-    group is killed if it outlives its exit timeout. Returns the exit code."""
-    state = {"stop_at": None}
-
-    def on_signal(signum, _frame):
-        if state["stop_at"] is None:
-            log(f"[bucketserve] {signal.Signals(signum).name}: stopping the server (up to {handle.exit_timeout_s}s)")
-            state["stop_at"] = time.monotonic()
-            handle.terminate()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+def serve_forever(handle: ServerHandle, stop_event: threading.Event, log=print) -> int:
+    """Block until the server exits. Once stop_event is set (by a signal handler), SIGTERM the
+    server and give it its exit timeout; past that, kill the whole process group."""
+    stop_at = None
+    code = None
     try:
-        while True:
-            code = handle.wait(0.5)
+        while code is None:
+            code = handle.wait(0.2)
             if code is not None:
                 break
-            if state["stop_at"] is not None and time.monotonic() - state["stop_at"] > handle.exit_timeout_s + 10:
+            if stop_event.is_set() and stop_at is None:
+                log(f"[bucketserve] stopping the server (up to {handle.exit_timeout_s}s for requests in flight)")
+                stop_at = time.monotonic()
+                handle.terminate()
+            if stop_at is not None and time.monotonic() - stop_at > handle.exit_timeout_s + 10:
                 log("[bucketserve] server outlived its exit timeout; killing its process group")
                 handle.kill_group()
                 code = 1
-                break
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         try:
             os.killpg(handle.pid, signal.SIGKILL)  # stubs left behind by a crashed server
         except (ProcessLookupError, PermissionError):
             pass
+        if handle._tmp is not None:
+            handle._tmp.cleanup()
     log(f"[bucketserve] server exited with code {code}")
     return code
+
+
+def serve(log=print, **start_kwargs) -> int:
+    """start_server + serve_forever with SIGTERM / SIGINT handled from the first moment: a
+    signal during start-up stops the starting server; after, it is forwarded once."""
+    stop_event = threading.Event()
+
+    def on_signal(signum, _frame):
+        if not stop_event.is_set():
+            log(f"[bucketserve] {signal.Signals(signum).name} received")
+        stop_event.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            handle = start_server(stop_event=stop_event, log=log, **start_kwargs)
+        except StartInterrupted:
+            log("[bucketserve] stopped before the server was ready")
+            return 0
+        log(f"[bucketserve] serving {', '.join(handle.models)}; try: bucketserve-client generate \"Hello\" --stream "
+            f"--url {handle.grpc_url}  (Ctrl-C stops)")
+        return serve_forever(handle, stop_event, log=log)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
