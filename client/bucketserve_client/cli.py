@@ -31,10 +31,13 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-tokens", type=int)
     p.add_argument("--slo-ttft-ms", type=float)
     p.add_argument("--slo-tpot-ms", type=float)
+    p.add_argument("--chat", dest="apply_chat_template", action="store_true", default=None,
+                   help="wrap the prompt in the model's chat template (instruct models answer questions then)")
 
 
 def _options(args: argparse.Namespace) -> dict:
-    names = ("temperature", "top_k", "top_p", "seed", "stop", "ignore_eos", "min_tokens", "slo_ttft_ms", "slo_tpot_ms")
+    names = ("temperature", "top_k", "top_p", "seed", "stop", "ignore_eos", "min_tokens", "slo_ttft_ms", "slo_tpot_ms",
+             "apply_chat_template")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

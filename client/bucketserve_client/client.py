@@ -41,6 +41,7 @@ FIELD_DTYPES = {
     "priority": "INT32",
     "slo_ttft_ms": "FP32",
     "slo_tpot_ms": "FP32",
+    "apply_chat_template": "BOOL",
 }
 _NP = {"INT32": np.int32, "BOOL": np.bool_, "FP32": np.float32, "UINT64": np.uint64, "BYTES": np.object_}
 

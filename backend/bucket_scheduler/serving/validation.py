@@ -39,6 +39,7 @@ FIELDS = {
     "priority": "int",
     "slo_ttft_ms": "float",
     "slo_tpot_ms": "float",
+    "apply_chat_template": "bool",
 }
 # Parameters some clients add on their own; not ours to judge.
 IGNORED_PARAMETERS_PREFIX = ("triton_", "sequence_", "priority_", "timeout", "binary_data", "headers")
@@ -220,6 +221,7 @@ def to_generation_request(values: Mapping[str, Any], request_id: str, config: En
         slo_ttft_ms=slo["slo_ttft_ms"],
         slo_tpot_ms=slo["slo_tpot_ms"],
         exclude_input_in_output=values.get("exclude_input_in_output", True),
+        apply_chat_template=values.get("apply_chat_template", False),
     )
 
 
