@@ -36,6 +36,8 @@ import itertools
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from .interface import BucketInfo
 from .policy import OrderPolicy
 from .request import Request
@@ -168,7 +170,6 @@ def optimal_boundaries(
     (group top - length).  Returns (the exclusive upper edges of all groups but
     the last, total padding).  O(k * B^2) with numpy, B = len(tops).
     """
-    import numpy as np
 
     b = len(tops)
     if b == 0:

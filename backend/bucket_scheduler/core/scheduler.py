@@ -80,6 +80,8 @@ class BucketScheduler(SchedulerBase):
         self._anchor: int | None = None  # a length inside the running batch's bucket
         self._budget = 0
         self._mean_new = 128.0  # running mean of max_new_tokens, for N_max of empty buckets
+        self._n_max_key: tuple | None = None
+        self._n_max_cache: dict[int, int] = {}
 
     # --- waiting structure ---------------------------------------------------
 
@@ -101,9 +103,17 @@ class BucketScheduler(SchedulerBase):
     # --- decisions -----------------------------------------------------------
 
     def n_max(self, bucket: Bucket) -> int:
-        """Memory-safe batch size for a bucket: worst case (up - 1 + typical max new) per sequence."""
-        tokens = min(self.max_model_len, bucket.up - 1 + int(self._mean_new))
-        return self.planner.max_batch_size(tokens, self._budget, cap=self.max_num_seqs)
+        """Memory-safe batch size for a bucket: worst case (up - 1 + typical max new) per sequence.
+
+        Cached per upper bound until the budget or the typical max_new_tokens moves."""
+        key = (self._budget, int(self._mean_new))
+        if key != self._n_max_key:
+            self._n_max_key, self._n_max_cache = key, {}
+        n = self._n_max_cache.get(bucket.up)
+        if n is None:
+            tokens = min(self.max_model_len, bucket.up - 1 + int(self._mean_new))
+            n = self._n_max_cache[bucket.up] = self.planner.max_batch_size(tokens, self._budget, cap=self.max_num_seqs)
+        return n
 
     def active_bucket(self) -> Bucket | None:
         return None if self._anchor is None else self.buckets.bucket_for(self._anchor)

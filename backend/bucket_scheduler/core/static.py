@@ -50,7 +50,7 @@ class StaticScheduler(SchedulerBase):
         if self.running or not len(self.queue):
             return
         oldest = self.queue.peek()
-        if len(self.queue) < self.batch_size and now - oldest.arrival_time < self.max_queue_delay_s:
+        if len(self.queue) < self.batch_size and now < oldest.arrival_time + self.max_queue_delay_s:
             return
         shape = BatchShape()
         while len(self.running) < self.batch_size and len(self.queue):

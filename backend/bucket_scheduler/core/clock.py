@@ -1,0 +1,74 @@
+"""Cost-model clock: how long one engine step takes, from the token slots it computes.
+
+Model (DistServe's simulator, milliseconds; see the project's paper notes):
+
+    prefill  T = a_p + b_p * sum(L_i) + c_p * sum(L_i^2)
+    decode   T = a_d + b_d * sum(ctx_j + 1) + c_d * bs
+
+One engine step prefills the requests admitted this step and decodes the rest
+of the running batch; its time is the sum of the two parts (a part with no
+sequences costs nothing).  In a padded runtime (the default, what BucketServe's
+runner does) every sequence is computed at the batch's longest length, so the
+sums run over padded slots:  sum(L_i) = N * L_max,  sum(L_i^2) = N * L_max^2,
+sum(ctx_j + 1) = bs * (ctx_max + 1).  With padded=False the actual lengths are
+used (a paged runtime).  Step time therefore grows with computed token slots,
+padding included.
+
+Default coefficients: OPT-13B on one A100-80GB (tensor parallel 1), the proxy
+for Llama-2-13B; decode switches coefficient sets at batch size 95.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class CostModel:
+    prefill: tuple[float, float, float] = (18.10, 0.10191, 7.122e-6)
+    decode_small: tuple[float, float, float] = (19.93, 6.269e-4, 0.03851)  # bs < decode_switch_bs
+    decode_large: tuple[float, float, float] = (7.166, 5.798e-4, 0.15831)
+    decode_switch_bs: int = 95
+    padded: bool = True
+
+    def prefill_ms(self, lens: Sequence[int]) -> float:
+        if not lens:
+            return 0.0
+        a, b, c = self.prefill
+        if self.padded:
+            n, m = len(lens), max(lens)
+            return a + b * n * m + c * n * m * m
+        return a + b * sum(lens) + c * sum(x * x for x in lens)
+
+    def decode_ms(self, ctx_lens: Sequence[int]) -> float:
+        bs = len(ctx_lens)
+        if not bs:
+            return 0.0
+        a, b, c = self.decode_small if bs < self.decode_switch_bs else self.decode_large
+        slots = bs * (max(ctx_lens) + 1) if self.padded else sum(ctx_lens) + bs
+        return a + b * slots + c * bs
+
+    def step_s(self, prefill_lens: Sequence[int], decode_ctx_lens: Sequence[int]) -> float:
+        return (self.prefill_ms(prefill_lens) + self.decode_ms(decode_ctx_lens)) / 1000.0
+
+
+@dataclass
+class SlotCounter:
+    """Useful vs computed token slots of a padded runtime, over prefill and decode steps.
+
+    Prefill of N prompts computes N * L_max slots (useful: sum L_i); a decode step
+    over a running batch computes bs * ctx_max slots (useful: sum ctx_j).
+    """
+
+    useful: int = 0
+    computed: int = 0
+
+    def add(self, lens: Sequence[int]) -> None:
+        if lens:
+            self.useful += sum(lens)
+            self.computed += len(lens) * max(lens)
+
+    @property
+    def efficiency(self) -> float:
+        return self.useful / self.computed if self.computed else 1.0
