@@ -29,7 +29,7 @@ def idle(server, model):
                ("bucketserve_inflight_requests", "bucketserve_batch_size", "bucketserve_queue_requests", "bucketserve_kv_bytes_in_use"))
 
 
-@pytest.mark.parametrize("model, rounds, max_tokens", [("bucketserve_tiny", 4, 48), ("bucketserve", 2, 6)])
+@pytest.mark.parametrize("model, rounds, max_tokens", [("bucketserve_tiny", 8, 48), ("bucketserve", 2, 6)])
 def test_32_concurrent_streams_with_cancels(server, model, rounds, max_tokens):
     client = GrpcClient(server.grpc_url, model)
     before = counters(server, model)

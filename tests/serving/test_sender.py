@@ -19,6 +19,7 @@ class FakeEngine:
 
     def cancel(self, request_id):
         self.cancelled.append(request_id)
+        return True
 
     def stats(self):
         step = StepStats(buckets=[BucketInfo(low=0, up=64, depth=2, n_max=4)], budget_bytes=100)

@@ -196,8 +196,9 @@ class Sender:
             except Exception:  # noqa: BLE001 - a sender that can't answer is a gone client
                 cancelled = True
             if cancelled:
-                entry.cancel_requested = True
-                self._engine.cancel(rid)
+                # False: the engine does not hold it (yet, or any more): ask again next poll
+                # rather than let a request submitted a moment later run to the end.
+                entry.cancel_requested = self._engine.cancel(rid) is not False
 
     def _update_stats(self) -> None:
         if not self._metrics:
