@@ -283,12 +283,15 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(path: Path, dtype, device: str, trust_remote_code: bool = False):
-    """Load a local causal LM and its tokenizer, SDPA attention, eval mode, no network."""
+    """Load a local causal LM and its tokenizer, eval mode, no network. Attention is SDPA,
+    with a faster decode path on CPU (attention.py)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .attention import register
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", local_files_only=True, trust_remote_code=trust_remote_code
+        path, dtype=dtype, attn_implementation=register(), local_files_only=True, trust_remote_code=trust_remote_code
     )
     model.to(device)
     model.eval()
