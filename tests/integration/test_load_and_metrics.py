@@ -120,3 +120,27 @@ def test_metrics_match_what_was_sent(server):
     # A generous TTFT target is met by all; an impossible TPOT target is missed by all.
     assert value(s, "bucketserve_slo_met_total", model=model, slo="ttft") >= len(lengths)
     assert value(s, "bucketserve_slo_missed_total", model=model, slo="tpot") >= len(lengths)
+
+
+def test_http_client_disconnect_cancels_the_request(server):
+    """An HTTP generate_stream client that hangs up mid-answer: the server sees the request
+    cancelled, the engine drops it, and the slot is free again."""
+    import http.client
+    import json
+
+    model = "bucketserve_tiny"
+    before = counters(server, model)
+    host, port = server.http_url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", f"/v2/models/{model}/generate_stream",
+                 body=json.dumps({"text_input": "hang up on me", "max_tokens": 2000, "ignore_eos": True, "stream": True}),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    first = resp.readline()
+    assert first.startswith(b"data:")
+    conn.sock.close()  # hang up with the answer half sent
+    conn.close()
+    assert wait_until(lambda: counters(server, model)["cancelled"] == before["cancelled"] + 1, 60)
+    assert wait_until(lambda: idle(server, model), 30)
+    assert counters(server, model)["success"] == before["success"]
