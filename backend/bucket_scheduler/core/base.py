@@ -58,7 +58,8 @@ class SchedulerBase:
         self.last_budget = budget
         out = SchedulerOutput()
         self._fit_running(budget, out)
-        self._admit(now, budget, out)
+        if not out.preempted:  # memory just shrank: admit nothing this step
+            self._admit(now, budget, out)
         out.running = list(self.running)
         self._fill_stats(now, budget, out)
         out.stats.decision_us = (time.perf_counter() - t0) * 1e6
@@ -144,8 +145,8 @@ class SchedulerBase:
             req.state = RequestState.WAITING
             req.times_preempted += 1
             out.preempted.append(req)
-        # requeue in reverse so the earliest admitted ends up first in FIFO queues
-        for req in reversed(out.preempted):
+        # latest admitted first: FIFO queues push to the front, so the earliest ends up first
+        for req in out.preempted:
             self._enqueue(req, requeue=True)
 
     def _min_slack(self, now: float) -> float | None:

@@ -41,8 +41,6 @@ class ContinuousScheduler(SchedulerBase):
         return len(self.queue)
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
-        if out.preempted:
-            return  # memory just shrank: admit nothing this step
         shape = self.running_shape()
         tokens = len(self.running)
         while len(self.running) < self.max_num_seqs and len(self.queue):

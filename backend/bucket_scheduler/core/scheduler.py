@@ -47,6 +47,7 @@ class BucketScheduler(SchedulerBase):
         dp_refresh: int = 200,
         dp_window: int = 4000,
         dp_hysteresis: float = 0.05,
+        dp_min_observations: int = 32,
         offline_order: str = "sjf",
         aging_tokens_per_s: float = 500.0,
         default_online_slo_s: float = 1.0,
@@ -74,6 +75,7 @@ class BucketScheduler(SchedulerBase):
             dp_refresh=dp_refresh,
             dp_window=dp_window,
             dp_hysteresis=dp_hysteresis,
+            dp_min_observations=dp_min_observations,
         )
         self.refill_padding_target = refill_padding_target
         self.max_wait_s = max_wait_s
@@ -129,8 +131,6 @@ class BucketScheduler(SchedulerBase):
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
         self._budget = budget
-        if out.preempted:
-            return  # memory just shrank
         self.buckets.rebalance(self.n_max)
         if not self.buckets.count:
             return
