@@ -331,16 +331,20 @@ class BucketManager:
                 best, best_key = b, k
         return best
 
-    def oldest_arrival(self, exclude: Bucket | None = None) -> float | None:
-        """Arrival time of the longest-waiting request outside `exclude`."""
+    def oldest(self, exclude: Bucket | None = None) -> tuple[float, Bucket] | None:
+        """(arrival time, bucket) of the longest-waiting request outside `exclude`."""
         oldest = None
         for b in self.buckets:
             if b is exclude or b.count == 0:
                 continue
             e = b.oldest()
-            if e is not None and (oldest is None or e.req.arrival_time < oldest):
-                oldest = e.req.arrival_time
+            if e is not None and (oldest is None or e.req.arrival_time < oldest[0]):
+                oldest = (e.req.arrival_time, b)
         return oldest
+
+    def oldest_arrival(self, exclude: Bucket | None = None) -> float | None:
+        o = self.oldest(exclude)
+        return None if o is None else o[0]
 
     def has_online(self, exclude: Bucket | None = None) -> bool:
         for b in self.buckets:

@@ -13,8 +13,10 @@ Each step (iteration-level, see interface.py):
    up to min(N_max, max_num_seqs), where N_max follows the memory budget.
    Refilling stops (the batch drains, then the next bucket is picked) when
    another bucket holds an online request and this one's best is offline, or
-   when a request in another bucket has waited longer than `max_wait_s`
-   (no bucket starves).  A joining request must also keep the decode batch's
+   when a request in another bucket has waited longer than `max_wait_s`; a
+   drained batch is then followed by the bucket of the longest-waiting request
+   (so no request waits much beyond max_wait_s plus one batch, whatever the
+   ranking says).  A joining request must also keep the decode batch's
    padding efficiency (sum of sequence lengths / (batch size x longest)) at or
    above `refill_padding_target`, because in a padded runtime every decode step
    computes batch size x longest sequence slots.
@@ -140,7 +142,11 @@ class BucketScheduler(SchedulerBase):
             if bucket is None or self._should_drain(bucket, now):
                 return
         else:
-            bucket = self.buckets.select()
+            oldest = self.buckets.oldest()
+            if oldest is not None and now - oldest[0] > self.max_wait_s:
+                bucket = oldest[1]  # starvation guard beats the ranking
+            else:
+                bucket = self.buckets.select()
             if bucket is None:
                 return
         cap = self.max_num_seqs

@@ -1,0 +1,144 @@
+"""BucketManager: Algorithm 1 on a worked example, the dp boundary mode, and bucket bookkeeping."""
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bucket_scheduler.core.buckets import BucketManager, histogram_edges, optimal_boundaries
+
+from .helpers import req
+
+
+def ranges(mgr):
+    return [(b.low, b.up, b.count) for b in mgr.buckets]
+
+
+def test_algorithm1_worked_example():
+    """N_max = 4, L_max = 1024, six requests of lengths 10, 20, 30, 100, 200, 700.
+
+    Split (total 6 > 4):
+      [0,1024) holds 6 > 4, below m=512: 5 > 3      -> [0,512) [512,1024)
+      [0,512)  holds 5 > 4, below m=256: 5 > 2.5    -> [0,256) [256,512)
+      [0,256)  holds 5 > 4, below m=128: 4 > 2.5    -> [0,128) [128,256)
+      [0,128)  holds 4, not > 4                      -> stays
+    Merge once total < 0.5 * N_max = 2, one neighbour pair per call, emptiest union first.
+    """
+    mgr = BucketManager(1024, mode="algorithm1", max_buckets=8)
+    rs = {n: req(n, prompt=n) for n in (10, 20, 30, 100, 200, 700)}
+    for r in rs.values():
+        mgr.add(r)
+    mgr.rebalance(lambda b: 4)
+    assert ranges(mgr) == [(0, 128, 4), (128, 256, 1), (256, 512, 0), (512, 1024, 1)]
+    assert mgr.splits == 3
+    mgr.rebalance(lambda b: 4)  # nothing changes while 2 <= total (hysteresis band)
+    assert mgr.boundaries() == [128, 256, 512]
+
+    for n in (10, 20, 30, 100):
+        mgr.remove(rs[n])
+    mgr.rebalance(lambda b: 4)  # total 2: still not < 2
+    assert mgr.boundaries() == [128, 256, 512]
+    mgr.remove(rs[200])  # total 1 < 2: merge the emptiest neighbours first
+    mgr.rebalance(lambda b: 4)
+    assert ranges(mgr) == [(0, 256, 0), (256, 512, 0), (512, 1024, 1)]
+    mgr.rebalance(lambda b: 4)
+    assert ranges(mgr) == [(0, 512, 0), (512, 1024, 1)]
+    mgr.rebalance(lambda b: 4)
+    assert ranges(mgr) == [(0, 1024, 1)]
+    assert mgr.merges == 3
+
+
+def test_algorithm1_does_not_split_when_mass_is_above_midpoint():
+    mgr = BucketManager(1024, mode="algorithm1")
+    for i in range(10):
+        mgr.add(req(i, prompt=600 + i))
+    mgr.rebalance(lambda b: 4)
+    assert ranges(mgr) == [(0, 1024, 10)]  # only 0 of 10 below 512
+
+
+def test_algorithm1_respects_max_buckets():
+    mgr = BucketManager(1 << 14, mode="algorithm1", max_buckets=3)
+    for i in range(50):
+        mgr.add(req(i, prompt=1 + i))
+    mgr.rebalance(lambda b: 2)
+    assert len(mgr.buckets) == 3
+
+
+def brute_force(tops, counts, sums, k):
+    best = None
+    n = len(tops)
+    for g in range(1, min(k, n) + 1):
+        for cuts in itertools.combinations(range(1, n), g - 1):
+            edges = [0, *cuts, n]
+            pad = sum(sum(counts[i:j]) * tops[j - 1] - sum(sums[i:j]) for i, j in zip(edges, edges[1:]))
+            if best is None or pad < best - 1e-9:
+                best = pad
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 20), st.integers(1, 5)), min_size=1, max_size=8), st.integers(1, 4))
+def test_dp_boundaries_are_optimal(bins, k):
+    tops, counts, sums = [], [], []
+    top = 0
+    for width, count in bins:
+        top += width
+        tops.append(top)
+        counts.append(count)
+        sums.append(count * (top - width // 2 - 1))
+    bounds, pad = optimal_boundaries(tops, counts, sums, k)
+    assert pad == pytest.approx(brute_force(tops, counts, sums, k))
+    assert len(bounds) <= k - 1 and bounds == sorted(set(bounds))
+
+
+def test_dp_mode_places_boundaries_around_length_clusters():
+    mgr = BucketManager(8192, mode="dp", max_buckets=2, dp_min_observations=20)
+    for i in range(40):
+        mgr.add(req(i, prompt=100 + i % 5 if i % 2 else 3000 + i % 7))
+    mgr.rebalance(lambda b: 8)
+    (cut,) = mgr.boundaries()
+    assert 104 < cut <= 3000
+    assert [b.count for b in mgr.buckets] == [20, 20]
+
+
+def test_dp_hysteresis_keeps_boundaries_when_gain_is_small():
+    mgr = BucketManager(8192, mode="dp", max_buckets=3, dp_refresh=10, dp_min_observations=10)
+    for i in range(10):
+        mgr.add(req(i, prompt=[100, 1000, 5000][i % 3]))
+    mgr.rebalance(lambda b: 8)
+    first = mgr.boundaries()
+    assert len(first) == 2
+    for i in range(10, 20):  # same distribution: the optimum cannot improve by 5%
+        mgr.add(req(i, prompt=[100, 1000, 5000][i % 3]))
+    mgr.rebalance(lambda b: 8)
+    assert mgr.boundaries() == first and mgr.replacements == 1
+
+
+def test_histogram_edges_cover_range_with_relative_width():
+    e = histogram_edges(16384)
+    assert e[0] == 0 and e[-1] == 16384 and all(a < b for a, b in zip(e, e[1:]))
+    assert e[1] - e[0] == 8
+    assert (e[-1] - e[-2]) / e[-2] <= 0.03
+
+
+def test_remove_and_select_order():
+    mgr = BucketManager(4096, mode="fixed", boundaries=[1000])
+    a = req("a", prompt=2000, new=10, t=0.0)
+    b = req("b", prompt=100, new=10, t=0.0)
+    c = req("c", prompt=150, new=10, t=0.0, online=True)
+    for r in (a, b, c):
+        mgr.add(r)
+    assert mgr.select().low == 0 and mgr.select().head().req is c  # online first
+    assert mgr.remove(c) and not mgr.remove(c)
+    assert mgr.select().head().req is b  # shortest job first among offline
+    assert mgr.oldest_arrival(exclude=mgr.buckets[0]) == 0.0
+    assert mgr.pop_head(mgr.buckets[1]) is a and len(mgr) == 1
+
+
+def test_set_boundaries_redistributes_waiting():
+    mgr = BucketManager(4096, mode="fixed", boundaries=[1000])
+    for i, n in enumerate((10, 500, 1500, 3000)):
+        mgr.add(req(i, prompt=n))
+    mgr.set_boundaries([200, 2000])
+    assert ranges(mgr) == [(0, 200, 1), (200, 2000, 2), (2000, 4096, 1)]
