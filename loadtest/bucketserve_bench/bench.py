@@ -33,7 +33,9 @@ class SweepConfig:
     seed: int = 0
     request_timeout_s: float = 600.0
     metrics_poll_s: float = 0.5
-    warmup_requests: int = 2
+    warmup_requests: int = 4
+    drain_s: float | None = 180.0  # a run ends this long after its last arrival; the rest is cancelled
+    settle_timeout_s: float = 60.0  # wait for the server to be idle between runs
     target_attainment: float = 0.8
 
 
@@ -71,7 +73,7 @@ async def measure(system, client, reqs: list[BenchRequest], offsets: list[float]
     stop = asyncio.Event()
     poller = asyncio.create_task(_poll_gauges(url, cfg.metrics_poll_s, samples, stop)) if url else None
     try:
-        results = await run_open_loop(client, reqs, offsets, cfg.request_timeout_s, on_done=lambda _r: bar.update(1))
+        results = await run_open_loop(client, reqs, offsets, cfg.request_timeout_s, on_done=lambda _r: bar.update(1), drain_s=cfg.drain_s)
     finally:
         stop.set()
         if poller is not None:
@@ -79,11 +81,27 @@ async def measure(system, client, reqs: list[BenchRequest], offsets: list[float]
     summary = summarize_run(system.name, mode, rate, results)
     if url:
         after = await asyncio.to_thread(scrape.scrape, url)
-        counters = {k: v for k, v in scrape.delta(before, after).items() if k.endswith("_total")}
+        counters = {k: v for k, v in scrape.delta(before, after).items() if k.split("{")[0].endswith("_total")}
         gauges = {k: sum(v) / len(v) for k, v in samples.items() if v}
         summary.server_metrics = {"counters": counters, "gauge_means": gauges}
         summary.padding_efficiency = gauges.get("bucketserve_padding_efficiency")
+    if url:
+        await settle(url, cfg.settle_timeout_s)
     return summary, results
+
+
+async def settle(url: str, timeout_s: float) -> bool:
+    """Wait until the server holds no request (cancelled stragglers of a cut-off run)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            values = await asyncio.to_thread(scrape.scrape, url)
+        except OSError:
+            return False
+        if values.get("bucketserve_inflight_requests", 0) == 0 and values.get("bucketserve_queue_requests", 0) == 0:
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 async def calibrate(client, reqs: list[BenchRequest], slo: SloConfig, timeout_s: float) -> dict:
@@ -123,8 +141,12 @@ async def run_system(system, kind: str, reqs: list[BenchRequest], cfg: SweepConf
     client = system.client()
     try:
         if cfg.warmup_requests:
-            warm = await run_sequential(client, reqs[: cfg.warmup_requests], cfg.request_timeout_s)
-            failed = [r for r in warm if not r.ok]
+            # One at a time, then all at once: first-use costs (kernel selection for new
+            # shapes, allocator growth) are paid before anything is measured.
+            warm = reqs[: cfg.warmup_requests]
+            done = await run_sequential(client, warm, cfg.request_timeout_s)
+            done += await run_open_loop(client, warm, [0.0] * len(warm), cfg.request_timeout_s)
+            failed = [r for r in done if not r.ok]
             if failed:
                 raise RuntimeError(f"{system.name}: warm-up request failed: {failed[0].error}")
         if "slo_ttft_ms" not in slo_box:  # the first system started sets the thresholds for all

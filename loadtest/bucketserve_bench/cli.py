@@ -24,7 +24,7 @@ from .workload import DEFAULT_TRACES, LengthShaping, WorkloadSpec, build_workloa
 # a two-rate sweep and a saturated run of 12 short requests each.
 QUICK = dict(
     model="bucketserve_tiny", model_dir="tiny", policies="bucket,static", rates="2,8", num_requests=12,
-    max_prompt=64, max_output=12, prompt_scale=0.05, output_scale=0.1, calibration_requests=3,
+    max_prompt=64, max_output=12, prompt_scale=0.05, output_scale=0.1, calibration_requests=3, warmup_requests=2,
 )  # fmt: skip
 
 
@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tpot-scale", type=float, default=5.0, help="TPOT SLO = this x unloaded TPOT p50 (default 5)")
     g.add_argument("--calibration-requests", type=int, default=8)
     g.add_argument("--request-timeout", type=float, default=600.0)
+    g.add_argument("--warmup-requests", type=int, default=4, help="sent one by one, then together, after each start")
+    g.add_argument("--drain", type=float, default=180.0, help="a run ends this many seconds after its last arrival; what is left is cancelled and counted as missed")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="bench-results", help="output directory (default bench-results/)")
     g.add_argument("--quick", action="store_true", help="smoke mode: tiny model, short sweep, sanity checks (< 2 minutes)")
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
             print(f"[bench] skipping vLLM: {exc}", file=sys.stderr)
             skipped.append({"name": "vllm", "kind": "vllm", "skipped": str(exc), "runs": []})
 
-    cfg = SweepConfig(rates=rates, offline=not args.no_offline, seed=args.seed, request_timeout_s=args.request_timeout)
+    cfg = SweepConfig(rates=rates, offline=not args.no_offline, seed=args.seed, request_timeout_s=args.request_timeout,
+                      warmup_requests=args.warmup_requests, drain_s=args.drain)
     slo = SloConfig(args.slo_ttft_ms, args.slo_tpot_ms, args.ttft_scale, args.tpot_scale, args.calibration_requests)
     results, slo_box = asyncio.run(run_all(systems, reqs, cfg, slo))
 

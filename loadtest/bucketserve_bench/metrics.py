@@ -13,6 +13,7 @@ class RequestResult:
     prompt_tokens: int
     expected_output_tokens: int
     send_time: float  # s since the run's start
+    end_time: float | None = None  # s since the run's start: last response, or when it was given up
     ttft_s: float | None = None  # send -> first token
     e2e_s: float | None = None  # send -> last response
     output_tokens: int = 0  # as the server reported (or as counted from the stream)
@@ -66,7 +67,7 @@ class RunSummary:
     num_requests: int
     completed: int
     errors: int
-    duration_s: float  # first send -> last response
+    duration_s: float  # first send -> last response (or the run's deadline)
     slo_attainment: float | None  # online requests meeting both targets / online requests
     slo_attainment_all: float  # every request, offline ones counted when they finish
     goodput_rps: float  # requests meeting their SLO per second
@@ -79,6 +80,7 @@ class RunSummary:
     padding_efficiency: float | None = None  # from the server's metrics, when it exports them
     server_metrics: dict = field(default_factory=dict)
     first_error: str | None = None
+    timed_out: int = 0  # still running at the run's deadline, cancelled (counted among errors)
 
 
 def _pcts(values_s: list[float]) -> dict:
@@ -90,8 +92,8 @@ def summarize_run(system: str, mode: str, rate: float | None, results: list[Requ
     ok = [r for r in results if r.ok]
     online = [r for r in results if r.online]
     if results:
-        end = max((r.send_time + r.e2e_s) for r in ok) if ok else max(r.send_time for r in results)
-        duration = max(end - min(r.send_time for r in results), 1e-9)
+        ends = [r.end_time if r.end_time is not None else r.send_time + (r.e2e_s or 0.0) for r in results]
+        duration = max(max(ends) - min(r.send_time for r in results), 1e-9)
     else:
         duration = 1e-9
     good = [r for r in results if r.meets_slo]
@@ -108,12 +110,14 @@ def summarize_run(system: str, mode: str, rate: float | None, results: list[Requ
         slo_attainment_all=(len(good) / len(results)) if results else 0.0,
         goodput_rps=len(good) / duration,
         throughput_rps=len(ok) / duration,
-        output_tokens_per_s=sum(r.output_tokens for r in ok) / duration,
+        # Tokens streamed to requests given up at the deadline count too: they were produced in the window.
+        output_tokens_per_s=sum(r.output_tokens for r in results) / duration,
         total_tokens_per_s=sum(r.output_tokens + r.prompt_tokens for r in ok) / duration,
         ttft_ms=_pcts([r.ttft_s for r in ok if r.ttft_s is not None]),
         tpot_ms=_pcts([r.tpot_s for r in ok if r.tpot_s is not None]),
         e2e_ms=_pcts([r.e2e_s for r in ok]),
         first_error=errors[0].error if errors else None,
+        timed_out=sum(1 for r in errors if r.error.startswith("timed out")),
     )
 
 

@@ -27,8 +27,13 @@ async def run_open_loop(
     offsets: list[float],
     request_timeout_s: float,
     on_done: Callable[[RequestResult], None] | None = None,
+    drain_s: float | None = None,
 ) -> list[RequestResult]:
-    """Send reqs[i] at offsets[i] seconds after the start; wait for all of them."""
+    """Send reqs[i] at offsets[i] seconds after the start; wait for all of them.
+
+    drain_s bounds the run: whatever is still running drain_s after the last arrival is
+    cancelled and recorded as timed out (an overloaded system would otherwise take
+    unboundedly long to empty its queue)."""
     if len(reqs) != len(offsets):
         raise ValueError("one offset per request")
     start = time.perf_counter()
@@ -50,7 +55,11 @@ async def run_open_loop(
         if delay > 0:
             await asyncio.sleep(delay)
         res.send_time = time.perf_counter() - start  # the actual send time
-        await client.send(req, res, request_timeout_s)
+        timeout = request_timeout_s
+        if drain_s is not None:
+            timeout = min(timeout, max(1.0, offsets[-1] + drain_s - res.send_time))
+        await client.send(req, res, timeout)
+        res.end_time = time.perf_counter() - start
         if on_done is not None:
             on_done(res)
 
