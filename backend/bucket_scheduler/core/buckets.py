@@ -57,12 +57,13 @@ class _Entry:
 class Bucket:
     """One length range and the waiting requests in it."""
 
-    __slots__ = ("low", "up", "count", "_online", "_offline", "_oldest")
+    __slots__ = ("low", "up", "count", "_online", "_offline", "_oldest", "_info")
 
     def __init__(self, low: int, up: int):
         self.low = low
         self.up = up
         self.count = 0
+        self._info: BucketInfo | None = None
         self._online: list = []
         self._offline: list = []
         self._oldest: list = []
@@ -270,16 +271,26 @@ class BucketManager:
     def bucket_for(self, length: int) -> Bucket:
         return self.buckets[bisect.bisect_right(self._lows, length) - 1]
 
-    def _push(self, entry: _Entry, bucket: Bucket) -> None:
+    def _push(self, entry: _Entry, bucket: Bucket, heapify_later: bool = False) -> None:
         req = entry.req
         entry.bucket = bucket
         seq = next(self._seq)
+        push = list.append if heapify_later else heapq.heappush
         if req.is_online:
-            heapq.heappush(bucket._online, (self.order.online_key(req), seq, entry))
+            push(bucket._online, (self.order.online_key(req), seq, entry))
         else:
-            heapq.heappush(bucket._offline, (self.order.offline_key(req), seq, entry))
-        heapq.heappush(bucket._oldest, (req.arrival_time, seq, entry))
+            push(bucket._offline, (self.order.offline_key(req), seq, entry))
+        push(bucket._oldest, (req.arrival_time, seq, entry))
         bucket.count += 1
+
+    def _refill(self, entries: list[_Entry], targets: list[Bucket]) -> None:
+        """Put live entries into freshly made buckets: append, then heapify (O(n))."""
+        for e in entries:
+            self._push(e, self.bucket_for(self._clamp(e.req.seq_len)), heapify_later=True)
+        for b in targets:
+            heapq.heapify(b._online)
+            heapq.heapify(b._offline)
+            heapq.heapify(b._oldest)
 
     def add(self, req: Request, observe: bool = True) -> Bucket:
         length = self._clamp(req.seq_len)
@@ -353,7 +364,13 @@ class BucketManager:
         return False
 
     def infos(self, n_max_of: Callable[[Bucket], int]) -> list[BucketInfo]:
-        return [BucketInfo(b.low, b.up, b.count, n_max_of(b)) for b in self.buckets]
+        out = []
+        for b in self.buckets:
+            info, n_max = b._info, n_max_of(b)
+            if info is None or info.depth != b.count or info.n_max != n_max:
+                info = b._info = BucketInfo(b.low, b.up, b.count, n_max)  # rebuilt only when it changed
+            out.append(info)
+        return out
 
     # --- boundaries ----------------------------------------------------------
 
@@ -371,8 +388,7 @@ class BucketManager:
         new = [Bucket(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
         live = [e for b in self.buckets for e in b.live_entries()]
         self._install(new)
-        for e in live:
-            self._push(e, self.bucket_for(self._clamp(e.req.seq_len)))
+        self._refill(live, new)
         self.replacements += 1
 
     def _install(self, buckets: list[Bucket]) -> None:
@@ -387,8 +403,7 @@ class BucketManager:
         lo, hi = Bucket(b.low, at), Bucket(at, b.up)
         live = list(b.live_entries())
         self._install(self.buckets[:index] + [lo, hi] + self.buckets[index + 1 :])
-        for e in live:
-            self._push(e, lo if self._clamp(e.req.seq_len) < at else hi)
+        self._refill(live, [lo, hi])
         self.splits += 1
 
     def merge(self, index: int) -> None:
@@ -397,8 +412,7 @@ class BucketManager:
         m = Bucket(a.low, b.up)
         live = list(a.live_entries()) + list(b.live_entries())
         self._install(self.buckets[:index] + [m] + self.buckets[index + 2 :])
-        for e in live:
-            self._push(e, m)
+        self._refill(live, [m])
         self.merges += 1
 
     def rebalance(self, n_max_of: Callable[[Bucket], int]) -> None:

@@ -1,0 +1,108 @@
+"""Decision time of one schedule() call with 10, 1,000 and 10,000 waiting requests.
+
+    python benchmarks/scheduler_microbench.py [--trace ../shared/data/azure_llm_2023_conv.csv]
+        [--policies bucket,static,continuous,uellm] [--steps 2000] [--json]
+
+Steady state: the queue is filled to N, then every step one running request
+finishes and one new request arrives, so N stays put while the scheduler keeps
+deciding (admissions, refills, boundary moves).  Lengths come from the trace's
+ContextTokens / GeneratedTokens when given, else from a fixed-seed log-normal
+mix.  Reports p50 / p99 / mean of StepStats.decision_us and the ratio of p99
+to the 1 ms goal (a benchmark, not a test: the goal is printed, not asserted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+
+from bucket_scheduler.core.factory import make_scheduler
+from bucket_scheduler.core.memory import GIB, FixedProbe, MemoryPlanner
+from bucket_scheduler.core.replay import LLAMA2_13B
+from bucket_scheduler.core.request import Request, RequestClass
+
+GOAL_US = 1000.0
+
+
+def lengths(trace: str | None, n: int, seed: int = 0) -> list[tuple[int, int]]:
+    rnd = random.Random(seed)
+    if trace:
+        with open(trace, newline="") as f:
+            rows = [(int(r["ContextTokens"]), max(1, int(r["GeneratedTokens"]))) for r in csv.DictReader(f)]
+        return [rnd.choice(rows) for _ in range(n)]
+    return [(min(14000, int(rnd.lognormvariate(6.8, 0.9))) + 1, min(1000, int(rnd.lognormvariate(4.8, 1.0))) + 1)
+            for _ in range(n)]
+
+
+def bench(policy: str, n_waiting: int, steps: int, pool: list[tuple[int, int]], online_share: float) -> dict:
+    planner = MemoryPlanner(LLAMA2_13B, FixedProbe(48 * GIB))
+    sched = make_scheduler(policy, planner, 16384, 64)
+    rnd = random.Random(1)
+    k = 0
+
+    def new_request(now: float) -> Request:
+        nonlocal k
+        p, g = pool[k % len(pool)]
+        online = rnd.random() < online_share
+        r = Request(f"q{k}", p, g, now, req_class=RequestClass.ONLINE if online else RequestClass.OFFLINE,
+                    slo_ttft_s=2.0 if online else None)
+        k += 1
+        return r
+
+    now = 0.0
+    for _ in range(n_waiting):
+        sched.add(new_request(now))
+        now += 1e-4
+    samples = []
+    for step in range(steps + 50):
+        out = sched.schedule(now)
+        if step >= 50:  # warm-up: first batch, first boundary placement
+            samples.append(out.stats.decision_us)
+        for r in out.running:
+            sched.on_tokens(r.request_id, 1, now)
+        if out.running:
+            victim = out.running[rnd.randrange(len(out.running))]
+            sched.finish(victim.request_id, now)
+        while sched.num_waiting < n_waiting:
+            sched.add(new_request(now))
+        now += 0.02
+    samples.sort()
+    return {
+        "policy": policy,
+        "waiting": n_waiting,
+        "p50_us": round(samples[len(samples) // 2], 1),
+        "p99_us": round(samples[int(0.99 * len(samples))], 1),
+        "mean_us": round(statistics.fmean(samples), 1),
+        "max_us": round(samples[-1], 1),
+        "p99_vs_goal": round(samples[int(0.99 * len(samples))] / GOAL_US, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trace", default=None)
+    ap.add_argument("--policies", default="bucket,static,continuous,uellm")
+    ap.add_argument("--sizes", default="10,1000,10000")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--online-share", type=float, default=0.3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    pool = lengths(args.trace, 20000)
+    results = []
+    for policy in args.policies.split(","):
+        for n in (int(x) for x in args.sizes.split(",")):
+            res = bench(policy, n, args.steps, pool, args.online_share)
+            results.append(res)
+            if not args.json:
+                print(f"{policy:11s} waiting={n:6d}  p50 {res['p50_us']:8.1f} us  p99 {res['p99_us']:8.1f} us  "
+                      f"mean {res['mean_us']:8.1f} us  max {res['max_us']:9.1f} us  p99/goal(1 ms) {res['p99_vs_goal']:.3f}",
+                      flush=True)
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
