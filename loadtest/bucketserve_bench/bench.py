@@ -80,14 +80,30 @@ async def measure(system, client, reqs: list[BenchRequest], offsets: list[float]
             await poller
     summary = summarize_run(system.name, mode, rate, results)
     if url:
+        settled = await settle(url, cfg.settle_timeout_s)
         after = await asyncio.to_thread(scrape.scrape, url)
         counters = {k: v for k, v in scrape.delta(before, after).items() if k.split("{")[0].endswith("_total")}
         gauges = {k: sum(v) / len(v) for k, v in samples.items() if v}
-        summary.server_metrics = {"counters": counters, "gauge_means": gauges}
-        summary.padding_efficiency = gauges.get("bucketserve_padding_efficiency")
-    if url:
-        await settle(url, cfg.settle_timeout_s)
+        summary.server_metrics = {"counters": counters, "gauge_means": gauges, "settled": settled}
+        summary.padding_efficiency = run_padding_efficiency(before, after)
     return summary, results
+
+
+def run_padding_efficiency(before: dict, after: dict) -> float | None:
+    """This run's prefill padding efficiency (useful / computed token slots).
+
+    The server exports the ratio since its start (a gauge) and the prompt tokens answered
+    (a counter); computed slots since start = prompt tokens / ratio, so the run's share is
+    the difference of the two scrapes.  Exact when no request was preempted and recomputed."""
+    key_e, key_u = "bucketserve_padding_efficiency", "bucketserve_prompt_tokens_total"
+    if key_e not in after or key_u not in after or not after[key_e]:
+        return None
+    u0, u1 = before.get(key_u, 0.0), after[key_u]
+    e0 = before.get(key_e) or 1.0
+    slots = u1 / after[key_e] - (u0 / e0 if u0 else 0.0)
+    if u1 - u0 <= 0 or slots <= 0:
+        return None
+    return min(1.0, (u1 - u0) / slots)
 
 
 async def settle(url: str, timeout_s: float) -> bool:

@@ -112,3 +112,16 @@ def test_headline_and_ratios():
     }
     md = markdown(report)
     assert "| bucket |" in md and "4.00x" in md
+
+
+def test_run_padding_efficiency_from_cumulative_ratio():
+    from bucketserve_bench.bench import run_padding_efficiency
+
+    # 1000 useful of 1250 computed slots before; the run adds 600 useful in 1000 slots.
+    before = {"bucketserve_padding_efficiency": 0.8, "bucketserve_prompt_tokens_total": 1000.0}
+    after = {"bucketserve_padding_efficiency": 1600 / 2250, "bucketserve_prompt_tokens_total": 1600.0}
+    assert run_padding_efficiency(before, after) == pytest.approx(0.6)
+    fresh = {"bucketserve_padding_efficiency": 1.0, "bucketserve_prompt_tokens_total": 0.0}
+    assert run_padding_efficiency(fresh, {"bucketserve_padding_efficiency": 0.5, "bucketserve_prompt_tokens_total": 10.0}) == pytest.approx(0.5)
+    assert run_padding_efficiency(before, before) is None  # nothing ran
+    assert run_padding_efficiency({}, {}) is None
