@@ -115,6 +115,24 @@ class ScriptedProbe:
         return self._last
 
 
+class FileProbe:
+    """Free bytes read from a file on every call (`file:<path>`): a test or an operator can
+    script memory pressure on a running server by rewriting the file. A missing or unreadable
+    file reads as 0 free bytes (admit nothing new) rather than as plenty."""
+
+    name = "file"
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def free_bytes(self) -> int:
+        try:
+            with open(self.path) as f:
+                return max(0, int(float(f.read().strip() or 0)))
+        except (OSError, ValueError):
+            return 0
+
+
 class PsutilProbe:
     """Host RAM the OS could hand out now (the runner on a CPU)."""
 
@@ -167,10 +185,13 @@ class NvmlProbe:
 def make_probe(spec: str = "auto", device: str | None = None, device_index: int = 0) -> MemoryProbe:
     """Build a probe from a config string.
 
-    spec: "auto" | "psutil" | "cuda" | "nvml" | "fixed:<bytes>".
+    spec: "auto" | "psutil" | "cuda" | "nvml" | "fixed:<bytes>" | "file:<path>".
     "auto": psutil when device == "cpu"; otherwise NVML if a GPU answers, else psutil.
     """
-    spec = (spec or "auto").strip().lower()
+    spec = (spec or "auto").strip()
+    if spec.lower().startswith("file:"):
+        return FileProbe(spec[5:])
+    spec = spec.lower()
     if spec.startswith("fixed:"):
         raw = spec.split(":", 1)[1].replace("_", "")
         try:
@@ -190,7 +211,7 @@ def make_probe(spec: str = "auto", device: str | None = None, device_index: int 
             except Exception:  # no pynvml, no driver, no GPU: fall back to host memory
                 pass
         return PsutilProbe()
-    raise ValueError(f"unknown memory probe {spec!r}; use auto, psutil, cuda, nvml or fixed:<bytes>")
+    raise ValueError(f"unknown memory probe {spec!r}; use auto, psutil, cuda, nvml, fixed:<bytes> or file:<path>")
 
 
 # --- planner ----------------------------------------------------------------

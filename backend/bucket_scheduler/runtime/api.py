@@ -96,5 +96,9 @@ class EngineConfig:
     memory_probe: str = "auto"  # auto | psutil | cuda | nvml | fixed:<bytes>
     max_queue_requests: int = 1024  # admission caps: past them, Overloaded ("queue full")
     max_queue_tokens: int = 4_000_000
+    # Offline requests are admitted only while the queue is below this share of both caps, so
+    # under overload offline is shed first and online keeps the rest of the queue.
+    offline_queue_fraction: float = 0.8
+    drain_timeout_s: float = 10.0  # on unload / shutdown: how long in-flight requests may finish
     trust_remote_code: bool = False
     scheduler_options: dict = field(default_factory=dict)  # policy knobs passed to the core's factory

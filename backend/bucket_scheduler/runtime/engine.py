@@ -48,6 +48,10 @@ from .sequence import Sequence
 log = logging.getLogger("bucketserve.engine")
 
 MAX_CONSECUTIVE_FAULTS = 3  # past this many failed steps in a row, `healthy` turns False
+# Test-only fault injection, off unless this environment variable is "1": a model step whose
+# batch holds a prompt containing FAULT_MARKER raises (see docs/reliability.md).
+FAULT_ENV = "BUCKETSERVE_TEST_FAULTS"
+FAULT_MARKER = "<<bucketserve-injected-fault>>"
 MAX_STOP_STRINGS = 16
 OnOutput = Callable[[RequestOutput], None]
 
@@ -140,6 +144,9 @@ class Engine:
         self._last_step: StepStats | None = None
         self._last_step_s = 0.0
         self.counters = EngineCounters()
+        if os.environ.get(FAULT_ENV) == "1":
+            log.warning("%s=1: test fault injection is on", FAULT_ENV)
+            self.runner.fault_hook = self._injected_fault
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -226,21 +233,30 @@ class Engine:
             if req.request_id in self._live:
                 self.counters.rejected_invalid += 1
                 raise InvalidRequest(f"request_id {req.request_id!r} is already in flight; use a unique id")
-            if self._queue_requests >= cfg.max_queue_requests:
+            # Offline requests see lower caps: under overload they are shed first.
+            share = 1.0 if online else cfg.offline_queue_fraction
+            max_requests = math.ceil(cfg.max_queue_requests * share)
+            max_tokens = math.ceil(cfg.max_queue_tokens * share)
+            who = "" if online else f" for offline requests ({cfg.offline_queue_fraction:g} of the caps)"
+            if self._queue_requests >= max_requests:
                 self.counters.rejected_overloaded += 1
                 raise Overloaded(
-                    f"queue full: {self._queue_requests} requests waiting (max_queue_requests="
-                    f"{cfg.max_queue_requests}); retry later"
+                    f"queue full: {self._queue_requests} requests waiting, the limit{who} is {max_requests} "
+                    f"(max_queue_requests={cfg.max_queue_requests}); retry later"
                 )
-            if self._queue_tokens + len(prompt_ids) > cfg.max_queue_tokens:
+            if self._queue_tokens + len(prompt_ids) > max_tokens:
                 self.counters.rejected_overloaded += 1
                 raise Overloaded(
-                    f"queue full: {self._queue_tokens} prompt tokens waiting (max_queue_tokens="
-                    f"{cfg.max_queue_tokens}); retry later"
+                    f"queue full: {self._queue_tokens} prompt tokens waiting, the limit{who} is {max_tokens} "
+                    f"(max_queue_tokens={cfg.max_queue_tokens}); retry later"
                 )
             if not self.scheduler.add(core):
                 self.counters.rejected_invalid += 1
-                raise InvalidRequest(f"request can never be scheduled: {core.reject_reason}")
+                raise InvalidRequest(
+                    f"request can never be scheduled: {core.reject_reason} (memory budget now "
+                    f"{self.scheduler.planner.budget_bytes(self.runner.kv_bytes())} bytes; "
+                    f"{self.kv_spec.bytes_per_token} KV bytes per token); shorten the prompt or lower max_tokens"
+                )
             self._live[req.request_id] = live
             self._queue_requests += 1
             self._queue_tokens += len(prompt_ids)
@@ -287,6 +303,8 @@ class Engine:
     # -- validation --------------------------------------------------------------------------
     @staticmethod
     def _validate_config(cfg: EngineConfig) -> None:
+        if not 0.0 < cfg.offline_queue_fraction <= 1.0:
+            raise ValueError("offline_queue_fraction must be in (0, 1]")
         if cfg.max_model_len < 2 or cfg.max_num_seqs < 1:
             raise ValueError("max_model_len must be >= 2 and max_num_seqs >= 1")
         if cfg.default_max_tokens < 1:
@@ -441,6 +459,13 @@ class Engine:
                         self._emit(live, RequestOutput(request_id=seq.request_id, delta_text=self._with_prefix(live, delta),
                                                        num_input_tokens=len(seq.prompt_ids),
                                                        num_output_tokens=len(seq.output_ids)))
+
+    def _injected_fault(self, phase: str, seqs) -> None:
+        """Test-only (FAULT_ENV=1): fail the step whose batch holds a marked prompt."""
+        for s in seqs:
+            live = self._live.get(s.request_id)
+            if live is not None and FAULT_MARKER in live.gen.prompt:
+                raise RuntimeError(f"injected fault in {phase} (test hook {FAULT_ENV})")
 
     def _cancel_now(self, rid: str, now: float) -> None:
         live = self._live.get(rid)

@@ -28,6 +28,13 @@ from .tritonserver import TritonInstall, default_cache_dir, find_tritonserver
 
 SHM_GLOB = "/dev/shm/triton_python_backend_shm_region_*"
 DEFAULT_MODELS = ("bucketserve",)
+# Of Triton's exit timeout, what the models' finalize() keeps for sending the last finals and
+# unloading after the drain; the rest (drain_timeout_s) is for in-flight requests to finish.
+SHUTDOWN_MARGIN_S = 5.0
+
+
+def drain_timeout_for(exit_timeout_s: float) -> float:
+    return max(0.0, exit_timeout_s - SHUTDOWN_MARGIN_S)
 
 
 class ServerError(RuntimeError):
@@ -271,6 +278,10 @@ def start_server(
     run_dir.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = (p or free_port(host) for p in (http_port, grpc_port, metrics_port))
 
+    for name in models:  # in-flight requests must be answered before Triton's exit timeout aborts
+        config = source / name / "config.pbtxt"
+        if config.is_file() and "drain_timeout_s" not in read_parameters(config.read_text()):
+            overrides.setdefault(name, {}).setdefault("drain_timeout_s", f"{drain_timeout_for(exit_timeout_s):g}")
     if prepare_models:
         prepare_model_dirs(source, models, overrides, log=log)
     repo = prepare_repository(source, run_dir, models, overrides, instance_kind=instance_kind)

@@ -20,6 +20,10 @@ from bucket_scheduler.runtime.api import EngineConfig, GenerationRequest, Invali
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
 MAX_SEED = 2**63 - 1
+# A prompt longer than max_model_len * this many UTF-8 bytes cannot fit max_model_len tokens (the
+# longest SmolLM2 token is 81 bytes), so it is refused before tokenizing: a multi-megabyte prompt
+# would otherwise hold execute() for seconds (16 MiB: about a minute on 2 CPU cores).
+MAX_PROMPT_BYTES_PER_TOKEN = 128
 REQUEST_CLASSES = ("online", "offline")
 
 # name -> kind; the order is the order of the docs' table.
@@ -164,6 +168,11 @@ def to_generation_request(values: Mapping[str, Any], request_id: str, config: En
         raise InvalidRequest("text_input: must not be empty")
     if "\x00" in prompt:
         raise InvalidRequest("text_input: must not contain NUL characters")
+    max_bytes = config.max_model_len * MAX_PROMPT_BYTES_PER_TOKEN
+    size = len(prompt.encode("utf-8"))
+    if size > max_bytes:
+        raise _bad("text_input", f"{size} bytes is too long: at most {max_bytes} bytes (max_model_len "
+                                 f"{config.max_model_len} tokens x {MAX_PROMPT_BYTES_PER_TOKEN}); shorten the prompt")
 
     max_tokens = values.get("max_tokens", config.default_max_tokens)
     if not 1 <= max_tokens <= config.max_model_len:

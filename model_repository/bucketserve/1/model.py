@@ -54,6 +54,13 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - never leave a request without its FINAL
             self.sender.fail(request_id, "INVALID_ARG", f"could not read the request: {exc}", "invalid", response_sender)
             return
+        if not self.engine.healthy:
+            # Triton 2.51 gives a Python model no way to turn itself not-ready, so a model whose
+            # steps keep failing refuses work at once rather than fail it slowly (docs/reliability.md).
+            message = (f"{self.name} is unhealthy: {self.engine.stats().consecutive_faults} model steps failed "
+                       "in a row; not accepting requests until the server is restarted")
+            self.sender.fail(request_id, "UNAVAILABLE", message, "rejected", response_sender)
+            return
         # Register before submit: the engine may answer before submit() returns.
         self.sender.register(response_sender, gen)
         try:
@@ -68,5 +75,7 @@ class TritonPythonModel:
     def finalize(self):
         # Stop admission and let the engine finish or fail what it holds (each gets its final
         # through the sender), then answer whatever is still pending and join the sender.
-        self.engine.shutdown(timeout_s=10.0)
-        self.sender.stop(timeout_s=10.0)
+        # drain_timeout_s must end well inside Triton's --exit-timeout-secs: Triton does not wait
+        # for decoupled requests before unloading, and past its exit timeout it aborts the process.
+        self.engine.shutdown(timeout_s=self.config.drain_timeout_s)
+        self.sender.stop(timeout_s=5.0)
