@@ -174,3 +174,18 @@ def test_only_the_sender_thread_touches_metrics_and_senders():
         touched |= m.threads
     assert len(touched) == 1 and threading.get_ident() not in touched
     assert metric(metrics, "bucketserve_requests_total", outcome="success").value == 400
+
+
+def test_cancel_checks_cover_a_deep_queue_in_slices():
+    engine = FakeEngine()
+    sender = Sender(pb, engine, None, cancel_poll_s=0.001, cancel_checks_per_poll=7)
+    senders = {f"q{i}": pb.ResponseSender() for i in range(50)}
+    for rid, rs in senders.items():
+        sender.register(rs, request(rid))
+    for rs in list(senders.values())[::5]:
+        rs.cancelled = True
+    sender.start()
+    try:
+        assert wait_for(lambda: sorted(engine.cancelled) == sorted(list(senders)[::5]))
+    finally:
+        sender.stop()

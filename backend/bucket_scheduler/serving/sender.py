@@ -52,6 +52,7 @@ class Sender:
         metrics: Any = None,
         logger: Any = None,
         cancel_poll_s: float = 0.02,
+        cancel_checks_per_poll: int = 128,
         stats_every_s: float = 0.25,
         stats_fn: Callable[[], Any] | None = None,
     ):
@@ -60,6 +61,8 @@ class Sender:
         self._metrics = metrics
         self._log = logger
         self._cancel_poll_s = cancel_poll_s
+        self._cancel_checks_per_poll = max(1, cancel_checks_per_poll)
+        self._cancel_cursor = 0
         self._stats_every_s = stats_every_s
         self._stats_fn = stats_fn
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -188,7 +191,17 @@ class Sender:
             )
 
     def _check_cancelled(self) -> None:
-        for rid, entry in list(self._live.items()):
+        # is_cancelled() is a round trip to the server: with a deep queue, check a bounded
+        # slice per poll (round robin) so that sends are never starved by the checks.
+        ids = list(self._live)
+        if not ids:
+            return
+        start = self._cancel_cursor % len(ids)
+        count = min(len(ids), self._cancel_checks_per_poll)
+        self._cancel_cursor = start + count
+        for k in range(count):
+            rid = ids[(start + k) % len(ids)]
+            entry = self._live[rid]
             if entry.cancel_requested:
                 continue
             try:
