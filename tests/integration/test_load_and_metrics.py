@@ -1,5 +1,7 @@
 """Concurrency, cancellation and metrics against a real tritonserver.
 
+Long form (kept out of CI): pytest -m slow tests/integration -k long
+
 The concurrency test guards a known hazard: two threads updating one pb_utils.Metric can crash
 the server; the adapter updates metrics from one thread only."""
 
@@ -8,7 +10,7 @@ import threading
 import pytest
 
 from bucket_scheduler.serving.metrics import SPECS
-from bucketserve_client import GrpcClient
+from bucketserve_client import GrpcClient, HttpClient
 
 from .helpers import scrape, value, wait_until
 
@@ -29,9 +31,14 @@ def idle(server, model):
                ("bucketserve_inflight_requests", "bucketserve_batch_size", "bucketserve_queue_requests", "bucketserve_kv_bytes_in_use"))
 
 
-@pytest.mark.parametrize("model, rounds, max_tokens", [("bucketserve_tiny", 8, 48), ("bucketserve", 2, 6)])
+@pytest.mark.parametrize("model, rounds, max_tokens", [
+    ("bucketserve_tiny", 8, 48),
+    ("bucketserve", 2, 6),
+    pytest.param("bucketserve_tiny", 60, 64, marks=pytest.mark.slow, id="long-tiny-60-rounds"),
+])
 def test_32_concurrent_streams_with_cancels(server, model, rounds, max_tokens):
     client = GrpcClient(server.grpc_url, model)
+    http = HttpClient(server.http_url, model)
     before = counters(server, model)
     completed, cancelled = [], []
     for rnd in range(rounds):
@@ -39,6 +46,11 @@ def test_32_concurrent_streams_with_cancels(server, model, rounds, max_tokens):
 
         def worker(i):
             victim = i % 4 == rnd % 4  # a different quarter of the clients cancels each round
+            if not victim and i % 8 == (rnd + 1) % 8:  # some HTTP generate_stream clients in the mix
+                r = http.generate(f"request {i} of round {rnd} over http", stream=True, max_tokens=max_tokens, ignore_eos=True)
+                with lock:
+                    results[i] = (False, r)
+                return
             first = threading.Event()
             gen = client.start(f"request {i} of round {rnd}: tell me about buckets", stream=True,
                                max_tokens=1500 if victim else max_tokens, ignore_eos=True,
