@@ -35,3 +35,9 @@ def test_shipped_configs_parse(model, repo_root):
     cfg = engine_config_from_model_config({"parameters": {k: {"string_value": v} for k, v in params.items()}})
     assert cfg.policy in ("bucket", "static", "continuous", "uellm")
     assert set(params) <= {f for f in EngineConfig.__dataclass_fields__}
+
+
+def test_every_setting_is_documented_in_the_readme(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    missing = [f for f in EngineConfig.__dataclass_fields__ if f != "scheduler_options" and f"| `{f}` |" not in readme]
+    assert not missing, f"README settings table lacks {missing}"
