@@ -37,6 +37,9 @@ class SweepConfig:
     drain_s: float | None = 180.0  # a run ends this long after its last arrival; the rest is cancelled
     settle_timeout_s: float = 60.0  # wait for the server to be idle between runs
     target_attainment: float = 0.8
+    # With no rates given: the first system's saturated throughput (req/s) times these.
+    auto_rate_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25])
+    auto_rate_basis: dict | None = None  # filled in when the rates were derived
 
 
 @dataclass
@@ -169,16 +172,28 @@ async def run_system(system, kind: str, reqs: list[BenchRequest], cfg: SweepConf
             slo_box.update(await calibrate(client, reqs, slo, cfg.request_timeout_s))
             slo_box["calibrated_on"] = system.name
             apply_slo(reqs, slo_box["slo_ttft_ms"], slo_box["slo_tpot_ms"])
+
+        async def saturated() -> RunSummary:
+            bar.set_description(f"{system.name} offline")
+            summary, results = await measure(system, client, reqs, [0.0] * len(reqs), "offline", None, cfg, bar)
+            out.runs.append(asdict(summary))
+            out.results["offline"] = [_record(r) for r in results]
+            return summary
+
+        offline_done = False
+        if not cfg.rates:  # derive the sweep from this (the first) system's saturated throughput
+            sat = await saturated()
+            offline_done = True
+            cfg.rates[:] = [round(f * sat.throughput_rps, 3) for f in cfg.auto_rate_factors]
+            cfg.auto_rate_basis = {"system": system.name, "saturated_rps": sat.throughput_rps, "factors": list(cfg.auto_rate_factors)}
+            log(f"[bench] sweep rates {cfg.rates} req/s = {cfg.auto_rate_factors} x {system.name}'s saturated {sat.throughput_rps:.3f} req/s")
         for rate in cfg.rates:
             bar.set_description(f"{system.name} @ {rate:g} req/s")
             summary, results = await measure(system, client, reqs, poisson_offsets(len(reqs), rate, cfg.seed), "rate", rate, cfg, bar)
             out.runs.append(asdict(summary))
             out.results[f"rate={rate:g}"] = [_record(r) for r in results]
-        if cfg.offline:
-            bar.set_description(f"{system.name} offline")
-            summary, results = await measure(system, client, reqs, [0.0] * len(reqs), "offline", None, cfg, bar)
-            out.runs.append(asdict(summary))
-            out.results["offline"] = [_record(r) for r in results]
+        if cfg.offline and not offline_done:
+            await saturated()
     finally:
         await client.close()
         await asyncio.to_thread(system.stop)
@@ -192,7 +207,8 @@ async def run_all(systems: list[tuple[object, str]], reqs: list[BenchRequest], c
     if slo.ttft_ms is not None and slo.tpot_ms is not None:
         slo_box.update(slo_ttft_ms=slo.ttft_ms, slo_tpot_ms=slo.tpot_ms, calibrated_on=None)
         apply_slo(reqs, slo.ttft_ms, slo.tpot_ms)
-    per_system = len(reqs) * (len(cfg.rates) + (1 if cfg.offline else 0))
+    n_rates = len(cfg.rates) or len(cfg.auto_rate_factors)
+    per_system = len(reqs) * (n_rates + (1 if cfg.offline or not cfg.rates else 0))
     results = []
     with tqdm(total=per_system * len(systems), unit="req", dynamic_ncols=True) as bar:
         for system, kind in systems:

@@ -21,9 +21,9 @@ from .systems import POLICIES, OurServer, SystemUnavailable, VllmServer, vllm_ve
 from .workload import DEFAULT_TRACES, LengthShaping, WorkloadSpec, build_workload, load_tokenizer, summarize, to_dict
 
 # Smoke mode: the tiny random model, two policies (so the per-policy restart is exercised),
-# a two-rate sweep and a saturated run of 12 short requests each.
+# a saturated run of 12 short requests each and a two-rate sweep derived from the first one.
 QUICK = dict(
-    model="bucketserve_tiny", model_dir="tiny", policies="bucket,static", rates="2,8", num_requests=12,
+    model="bucketserve_tiny", model_dir="tiny", policies="bucket,static", rates="auto", rate_factors="0.3,1", num_requests=12,
     max_prompt=64, max_output=12, prompt_scale=0.05, output_scale=0.1, calibration_requests=3, warmup_requests=2,
 )  # fmt: skip
 
@@ -51,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--vllm-python", default=".venv-vllm/bin/python")
     g.add_argument("--vllm-kv-gib", type=float, default=2.0, help="VLLM_CPU_KVCACHE_SPACE (GiB)")
     g = p.add_argument_group("load and SLOs")
-    g.add_argument("--rates", default="0.25,0.5,1,2", help="request rates to sweep (req/s, comma-separated)")
+    g.add_argument("--rates", default="auto", help="request rates to sweep (req/s, comma-separated), or 'auto': "
+                   "the first system's saturated throughput times --rate-factors (default)")
+    g.add_argument("--rate-factors", default="0.25,0.5,0.75,1,1.25", help="for --rates auto")
     g.add_argument("--no-offline", action="store_true", help="skip the saturated run (all requests at t=0)")
     g.add_argument("--slo-ttft-ms", type=float, default=None, help="fixed TTFT target; default: scaled from the unloaded latency")
     g.add_argument("--slo-tpot-ms", type=float, default=None)
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
         if not Path(t).is_file():
             print(f"trace not found: {t} (pass --trace PATH; run from the repository root for the default)", file=sys.stderr)
             return 2
-    rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    rates = [] if args.rates.strip() == "auto" else [float(x) for x in args.rates.split(",") if x.strip()]
+    factors = [float(x) for x in args.rate_factors.split(",") if x.strip()]
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
             skipped.append({"name": "vllm", "kind": "vllm", "skipped": str(exc), "runs": []})
 
     cfg = SweepConfig(rates=rates, offline=not args.no_offline, seed=args.seed, request_timeout_s=args.request_timeout,
-                      warmup_requests=args.warmup_requests, drain_s=args.drain)
+                      warmup_requests=args.warmup_requests, drain_s=args.drain, auto_rate_factors=factors)
     slo = SloConfig(args.slo_ttft_ms, args.slo_tpot_ms, args.ttft_scale, args.tpot_scale, args.calibration_requests)
     results, slo_box = asyncio.run(run_all(systems, reqs, cfg, slo))
 
@@ -128,8 +131,8 @@ def main(argv=None) -> int:
         "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": time.time() - started,
         "machine": rep.machine_info(),
-        "config": {**{k: v for k, v in vars(args).items()}, "rates": rates, "policies": policies, "model_dir": str(model_dir),
-                   "target_attainment": cfg.target_attainment},
+        "config": {**{k: v for k, v in vars(args).items()}, "rates": cfg.rates, "rates_derived_from": cfg.auto_rate_basis,
+                   "policies": policies, "model_dir": str(model_dir), "target_attainment": cfg.target_attainment},
         "workload": {"traces": traces, "seed": args.seed, "shaping": shaping.describe(), "online_fraction": args.online_fraction,
                      "summary": summarize(reqs), "requests": [to_dict(r) for r in reqs]},
         "slo": slo_box,

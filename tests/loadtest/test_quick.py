@@ -26,7 +26,7 @@ def test_quick_mode_runs_the_whole_pipeline(tmp_path):
     assert names == ["bucket", "static"]
     for s in report["systems"]:
         modes = [r["mode"] for r in s["runs"]]
-        assert modes == ["rate", "rate", "offline"]
+        assert sorted(modes) == ["offline", "rate", "rate"]
         assert all(r["completed"] == r["num_requests"] == 12 for r in s["runs"])
     assert report["slo"]["slo_ttft_ms"] > 0 and report["slo"]["slo_tpot_ms"] > 0
     assert "static" in report["ratios"]
