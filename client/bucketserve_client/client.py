@@ -124,7 +124,12 @@ class GrpcGeneration:
             inputs.append(_grpc_input(grpcclient, name, values, FIELD_DTYPES[name]))
         self._timer = _Timer()
         self._client.start_stream(callback=self._callback)
-        self._client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        try:
+            self._client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. no server: the stream broke before the send
+            if not self._done.is_set():  # the callback may already hold the detail
+                self._result.status, self._result.error = "error", str(exc)
+                self._done.set()
 
     def _callback(self, result, error) -> None:
         if self._done.is_set():
