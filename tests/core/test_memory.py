@@ -63,3 +63,14 @@ def test_make_probe_specs():
         make_probe("bogus")
     with pytest.raises(ValueError, match="fixed:<bytes>"):
         make_probe("fixed:lots")
+
+
+def test_file_probe_reads_each_call_and_fails_closed(tmp_path):
+    f = tmp_path / "free"
+    f.write_text("2048\n")
+    p = make_probe(f"file:{f}")
+    assert p.free_bytes() == 2048
+    f.write_text("1e3")
+    assert p.free_bytes() == 1000
+    f.unlink()
+    assert p.free_bytes() == 0  # unreadable: admit nothing new rather than assume plenty

@@ -167,3 +167,23 @@ def test_bucket_online_before_offline():
     out = s.schedule(0.5)
     assert [r.request_id for r in out.prefill] == ["on"]
     assert out.stats.min_slo_slack_s == pytest.approx(1.0)
+
+
+def test_bucket_refill_scope_any_admits_other_buckets_within_padding_target():
+    s = make_scheduler("bucket", planner(), 4096, 8, bucket_mode="fixed", boundaries=[1000],
+                       refill_scope="any", refill_padding_target=0.9)
+    s.add(req("a", prompt=950, new=100))
+    s.schedule(0.0)
+    for _ in range(60):  # the running request grows to 1010 tokens
+        s.on_tokens("a", 1, 0.0)
+    s.add(req("far", prompt=100, new=10, t=0.1))  # would pull the batch far below 0.9
+    s.add(req("near", prompt=1005, new=10, t=0.2))  # other bucket, but a close length
+    out = s.schedule(0.2)
+    assert [r.request_id for r in out.prefill] == ["near"]
+    strict = make_scheduler("bucket", planner(), 4096, 8, bucket_mode="fixed", boundaries=[1000])
+    strict.add(req("a", prompt=950, new=100))
+    strict.schedule(0.0)
+    strict.add(req("near", prompt=1005, new=10, t=0.2))
+    assert strict.schedule(0.2).prefill == []  # default: same bucket only
+    with pytest.raises(ValueError, match="refill_scope"):
+        make_scheduler("bucket", planner(), 4096, 8, refill_scope="all")

@@ -171,3 +171,12 @@ TestSmallDp = SmallDpMachine.TestCase
 TestStatic = StaticMachine.TestCase
 TestContinuous = ContinuousMachine.TestCase
 TestUellm = UellmMachine.TestCase
+
+
+class AnyScopeMachine(SchedulerMachine):
+    policy = "bucket"
+    options = {"refill_scope": "any", "max_buckets": 4, "dp_refresh": 5, "dp_min_observations": 5}
+
+
+AnyScopeMachine.TestCase.settings = _settings
+TestAnyScope = AnyScopeMachine.TestCase

@@ -20,6 +20,9 @@ Each step (iteration-level, see interface.py):
    padding efficiency (sum of sequence lengths / (batch size x longest)) at or
    above `refill_padding_target`, because in a padded runtime every decode step
    computes batch size x longest sequence slots.
+   With refill_scope="any" (not the default) free slots may also go to other
+   buckets' best requests when their length passes that same padding test: the
+   batch then follows its own growing lengths instead of one bucket.
 Admission stops at the first request whose worst case would exceed the budget.
 """
 
@@ -57,6 +60,7 @@ class BucketScheduler(SchedulerBase):
         priority_weight_tokens: float = 1000.0,
         refill_padding_target: float = 0.9,
         max_wait_s: float = 5.0,
+        refill_scope: str = "bucket",
     ):
         super().__init__(planner, max_model_len, max_num_seqs)
         self.order = OrderPolicy(
@@ -79,7 +83,10 @@ class BucketScheduler(SchedulerBase):
             dp_hysteresis=dp_hysteresis,
             dp_min_observations=dp_min_observations,
         )
+        if refill_scope not in ("bucket", "any"):
+            raise ValueError(f"refill_scope must be 'bucket' or 'any', got {refill_scope!r}")
         self.refill_padding_target = refill_padding_target
+        self.refill_scope = refill_scope
         self.max_wait_s = max_wait_s
         self._anchor: int | None = None  # a length inside the running batch's bucket
         self._budget = 0
@@ -137,6 +144,9 @@ class BucketScheduler(SchedulerBase):
         if not self.buckets.count:
             return
         refill = bool(self.running)
+        if refill and self.refill_scope == "any":
+            self._refill_any(now, budget, out)
+            return
         if refill:
             bucket = self.active_bucket()
             if bucket is None or self._should_drain(bucket, now):
@@ -174,8 +184,44 @@ class BucketScheduler(SchedulerBase):
         if self._anchor is None and self.running:
             self._anchor = bucket.low
 
+    def _refill_any(self, now: float, budget: int, out: SchedulerOutput) -> None:
+        """refill_scope="any": free slots go to the best-ranked bucket head, from any bucket,
+        whose length keeps the decode batch at or above refill_padding_target."""
+        target = self.refill_padding_target
+        shape = self.running_shape()
+        lens_sum = sum(r.seq_len for r in self.running)
+        lens_max = max(r.seq_len for r in self.running)
+        while len(self.running) < self.max_num_seqs:
+            n1 = len(self.running) + 1
+            # admissible lengths: (sum + L) >= target * n1 * max(lens_max, L)
+            lo = target * n1 * lens_max - lens_sum
+            hi = lens_sum / (target * n1 - 1) if target * n1 > 1 else float("inf")
+            best = None
+            for b in self.buckets.buckets:
+                if b.count == 0 or b.up <= lo or b.low > hi:
+                    continue
+                e = b.head()
+                if e is not None and lo <= e.req.seq_len <= hi:
+                    k = b.head_key()
+                    if best is None or k < best[0]:
+                        best = (k, e.req)
+            if best is None:
+                break
+            req = best[1]
+            if not req.is_online and self.buckets.has_online():
+                break  # let the batch drain: an online request that cannot join goes next
+            oldest = self.buckets.oldest()
+            if oldest is not None and now - oldest[0] > self.max_wait_s and oldest[1].oldest().req is not req:
+                break  # same for a request that has waited too long
+            nxt = shape.plus(self.planner.worst_tokens(req))
+            if not self.planner.fits(nxt, budget):
+                break
+            self.buckets.remove(req)
+            self._start(req, out)
+            shape, lens_sum, lens_max = nxt, lens_sum + req.seq_len, max(lens_max, req.seq_len)
+
     def _extra_stats(self, st: StepStats) -> None:
         st.buckets = self.buckets.infos(self.n_max)
         b = self.active_bucket()
-        if b is not None and self.running:
+        if b is not None and self.running and self.refill_scope == "bucket":
             st.bucket_low, st.bucket_up = b.low, b.up
