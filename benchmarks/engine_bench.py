@@ -158,7 +158,7 @@ def run_policy(args, policy: str, workload, prompts, options) -> PolicyResult:
 
     cfg = EngineConfig(
         model_dir=args.model,
-        policy=policy,
+        policy=policy.split(":")[0],  # "bucket:tuned" runs policy bucket under the label bucket:tuned
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
@@ -231,7 +231,7 @@ def run_policy(args, policy: str, workload, prompts, options) -> PolicyResult:
 
 def print_table(results: list[PolicyResult]) -> None:
     cols = [
-        ("policy", "{:<10}", lambda r: r.policy),
+        ("policy", "{:<14}", lambda r: r.policy),
         ("out tok/s", "{:>9.1f}", lambda r: r.out_tok_s),
         ("req/s", "{:>7.2f}", lambda r: r.req_s),
         ("pad eff", "{:>7.2f}", lambda r: r.prefill_padding_eff),
@@ -253,11 +253,11 @@ def print_table(results: list[PolicyResult]) -> None:
     by = {r.policy: r for r in results}
     print("(pad eff: useful / computed prompt token slots in prefill; kv eff: real / attended KV slots in decode;"
           " TTFT, TPOT in seconds)")
-    if "bucket" in by:
-        for base in ("static", "continuous", "uellm"):
-            if base in by and by[base].out_tok_s > 0:
-                print(f"bucket/{base}: output tokens/s x{by['bucket'].out_tok_s / by[base].out_tok_s:.2f}, "
-                      f"requests/s x{by['bucket'].req_s / by[base].req_s:.2f}")
+    for top in [r for r in results if r.policy.split(":")[0] == "bucket"]:
+        for base in [r for r in results if r.policy.split(":")[0] != "bucket"]:
+            if base.out_tok_s > 0 and base.req_s > 0:
+                print(f"{top.policy}/{base.policy}: output tokens/s x{top.out_tok_s / base.out_tok_s:.2f}, "
+                      f"requests/s x{top.req_s / base.req_s:.2f}")
 
 
 def trace_mode(args) -> dict:
@@ -281,7 +281,7 @@ def trace_mode(args) -> dict:
     sys.stdout.flush()
     results = []
     for policy in args.policies.split(","):
-        options = json.loads(args.options.get(policy, "{}")) if isinstance(args.options, dict) else {}
+        options = json.loads(args.options.get(policy, "{}"))
         r = run_policy(args, policy, workload, prompts, options)
         print(f"  {policy}: {r.out_tok_s:.1f} output tok/s in {r.duration_s:.1f} s", flush=True)
         results.append(r)
@@ -458,7 +458,8 @@ def parse_args(argv=None):
     ap.add_argument("--raw", action="store_true", help="raw prefill / decode speed instead of the trace replay")
     ap.add_argument("--quick", action="store_true", help="tiny model, few requests: a smoke run for CI")
     ap.add_argument("--trace", default=str(DEFAULT_TRACE), help="trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(POLICIES),
+                    help="comma list; policy:label runs a policy again under another label (give it --option)")
     ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--start", type=int, default=0, help="first trace row")
     ap.add_argument("--scale", type=float, default=8.0, help="prompt = ContextTokens / scale (then clipped)")
@@ -475,7 +476,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--memory-probe", default="auto")
     ap.add_argument("--option", action="append", default=[], metavar="POLICY={json}",
-                    help='scheduler options for one policy, e.g. static={"max_batch_size": 32}')
+                    help='scheduler options for one policy or label, e.g. static={"max_batch_size": 32}')
     ap.add_argument("--seed", type=int, default=0)
     # raw mode
     ap.add_argument("--batch", type=int, default=32, help="--raw: sequences running")

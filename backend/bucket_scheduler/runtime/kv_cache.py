@@ -7,14 +7,17 @@ a decode step writes every row's new token at column `end` and the window grows 
 
 Why this shape:
 - Decode writes in place (no torch.cat of the whole cache every step).
+- A decode step attends over the rows' whole buffer, buffer[:n], which is contiguous:
+  slicing the column window instead made every attention matmul copy K and V (that
+  copy cost more than the attention itself). Columns outside a row's tokens are masked;
+  the buffer is compacted when such columns pass a quarter-ish of its width.
 - Joining new sequences is a prefill written straight into free rows, right-aligned to
   `end`, with the window widened to the left if the newcomers are longer.
 - Removing a sequence moves the last row into its place (one row copied), and columns on
   the left that became padding in every row are dropped by moving `start` (no copy).
-- The buffer is reallocated only when rows or columns run out (or to compact).
 
-The transformers model sees a `Cache` whose layers write the new keys at `end` and return
-the window as a view; `get_mask_sizes` tells the mask builder how wide the window is.
+The transformers model sees a `Cache` whose layers write the new keys in place and hand
+back what attention should read; `get_mask_sizes` tells the mask builder its width.
 Full-attention layers only (no sliding-window models).
 """
 
@@ -49,7 +52,7 @@ class _ViewLayer(CacheLayerMixin):
         return self._view._write(self._idx, key_states, value_states)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self._view.past + query_length, 0
+        return self._view.kv_length(query_length), 0
 
     def get_seq_length(self) -> int:
         return self._view.past
@@ -59,18 +62,28 @@ class _ViewLayer(CacheLayerMixin):
 
 
 class CacheView(Cache):
-    """What one forward pass sees: rows [r0, r1), columns [start, write_at) as the past,
-    new tokens written from `write_at` on."""
+    """What one forward pass sees.
 
-    def __init__(self, kv: "BatchKV", r0: int, r1: int, start: int, write_at: int):
+    decode: rows [0, n); the new token goes to column `end`; attention reads the rows'
+    whole buffer (the mask hides what is not theirs). past = end, so the causal mask
+    hides every column after the new token.
+    prefill: rows [r0, r1) with no past; the new keys are copied into columns
+    [write_at, write_at + t) and attention reads them directly.
+    """
+
+    def __init__(self, kv: "BatchKV", r0: int, r1: int, write_at: int, decode: bool):
         self._kv = kv
         self._r0, self._r1 = r0, r1
-        self._start, self._write_at = start, write_at
+        self._write_at = write_at
+        self._decode = decode
         super().__init__(layers=[_ViewLayer(self, i) for i in range(kv.num_layers)])
 
     @property
     def past(self) -> int:
-        return self._write_at - self._start
+        return self._write_at if self._decode else 0
+
+    def kv_length(self, query_length: int) -> int:
+        return self._kv.cols_cap if self._decode else query_length
 
     def _write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         t = k.shape[-2]
@@ -78,7 +91,9 @@ class CacheView(Cache):
         kb, vb = self._kv.keys[layer], self._kv.values[layer]
         kb[self._r0 : self._r1, :, self._write_at : end].copy_(k)
         vb[self._r0 : self._r1, :, self._write_at : end].copy_(v)
-        return kb[self._r0 : self._r1, :, self._start : end], vb[self._r0 : self._r1, :, self._start : end]
+        if self._decode:
+            return kb[self._r0 : self._r1], vb[self._r0 : self._r1]
+        return k, v
 
 
 class BatchKV:
@@ -104,9 +119,9 @@ class BatchKV:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values)
 
-    def token_slots(self) -> int:
-        """Computed KV slots in the window (n * width); useful / this = KV padding efficiency."""
-        return self.n * self.width
+    def attended_slots(self, t: int = 1) -> int:
+        """KV slots a decode step attends (n rows x whole buffer width)."""
+        return self.n * self.cols_cap
 
     # -- allocation ----------------------------------------------------------------
     def _realloc(self, rows_cap: int, cols_cap: int, new_start: int) -> None:
@@ -131,12 +146,12 @@ class BatchKV:
         return _round_up(cols + max(_COL_ALIGN, cols // 4), _COL_ALIGN)
 
     def reserve_decode(self, t: int = 1) -> None:
-        """Make room for t more columns after `end`."""
-        if self.end + t <= self.cols_cap:
+        """Make room for t more columns after `end`; compact when too many columns are
+        outside the window (decode attends over all of them)."""
+        waste = self.cols_cap - self.width
+        if self.end + t <= self.cols_cap and waste <= max(2 * _COL_ALIGN, self.width // 2):
             return
-        need = self.width + t
-        cols = self.cols_cap if need <= self.cols_cap // 2 else self._headroom(need)
-        self._realloc(self.rows_cap, cols, 0)
+        self._realloc(self.rows_cap, self._headroom(self.width + t), 0)
 
     def place_new_rows(self, count: int, prompt_width: int) -> tuple[int, int]:
         """Make room for `count` rows whose prompts are `prompt_width` columns; returns
@@ -197,14 +212,13 @@ class BatchKV:
 
     # -- views for the model --------------------------------------------------------------
     def decode_view(self) -> CacheView:
-        return CacheView(self, 0, self.n, self.start, self.end)
+        return CacheView(self, 0, self.n, self.end, decode=True)
 
     def prefill_view(self, first_row: int, count: int, write_at: int) -> CacheView:
-        return CacheView(self, first_row, first_row + count, write_at, write_at)
+        return CacheView(self, first_row, first_row + count, write_at, decode=False)
 
     def decode_mask(self, t: int = 1) -> torch.Tensor:
-        """[n, width + t] bool: True where a row has a real token (left padding)."""
-        w = self.width
+        """[n, cols_cap] bool: True on each row's tokens, the t new ones included."""
         lengths = torch.tensor(self.lengths, device=self.device)
-        cols = torch.arange(w + t, device=self.device)
-        return cols.unsqueeze(0) >= (w - lengths).unsqueeze(1)
+        cols = torch.arange(self.cols_cap, device=self.device).unsqueeze(0)
+        return (cols >= (self.end - lengths).unsqueeze(1)) & (cols < self.end + t)

@@ -24,7 +24,7 @@ class RunnerCounters:
     prefill_tokens: int = 0  # useful prompt tokens computed
     prefill_slots: int = 0  # computed token slots (useful + padding)
     decode_tokens: int = 0  # rows decoded
-    decode_kv_slots: int = 0  # KV columns attended (n * window width), padding included
+    decode_kv_slots: int = 0  # KV slots attended (rows x buffer width), padding included
     decode_kv_tokens: int = 0  # of which real tokens
     prefill_calls: int = 0
     decode_calls: int = 0
@@ -141,7 +141,7 @@ class Runner:
         c = self.counters
         c.decode_calls += 1
         c.decode_tokens += kv.n
-        c.decode_kv_slots += kv.n * (kv.width + 1)
+        c.decode_kv_slots += kv.attended_slots()
         c.decode_kv_tokens += sum(kv.lengths) + kv.n
         kv.advance(1)
         self._sample_and_append(self.rows, logits)
