@@ -11,7 +11,7 @@ from tqdm import tqdm
 from . import scrape
 from .metrics import RequestResult, RunSummary, percentile, rate_at_attainment, summarize_run
 from .runner import run_open_loop, run_sequential
-from .workload import BenchRequest, apply_slo, poisson_offsets
+from .workload import BenchRequest, PromptBuilder, apply_slo, poisson_offsets, with_fresh_prompts
 
 # Gauges sampled while a run is in flight; the report gives their mean over the samples.
 SAMPLED_GAUGES = ("bucketserve_padding_efficiency", "bucketserve_batch_size", "bucketserve_buckets", "bucketserve_queue_requests")
@@ -40,6 +40,7 @@ class SweepConfig:
     # With no rates given: the first system's saturated throughput (req/s) times these.
     auto_rate_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25])
     auto_rate_basis: dict | None = None  # filled in when the rates were derived
+    prompts: PromptBuilder | None = None  # set: every run gets fresh prompt texts (same for all systems)
 
 
 @dataclass
@@ -68,8 +69,13 @@ async def _poll_gauges(url: str, every_s: float, samples: dict[str, list[float]]
             pass
 
 
+def for_run(reqs: list[BenchRequest], cfg: SweepConfig, label: str) -> list[BenchRequest]:
+    return with_fresh_prompts(reqs, cfg.prompts, f"{cfg.seed}-{label}") if cfg.prompts is not None else reqs
+
+
 async def measure(system, client, reqs: list[BenchRequest], offsets: list[float], mode: str, rate: float | None, cfg: SweepConfig, bar) -> tuple[RunSummary, list[RequestResult]]:
     """One run against a started system, with its metrics scraped around it."""
+    reqs = for_run(reqs, cfg, f"rate={rate:g}" if rate is not None else mode)
     url = system.metrics_url
     before = await asyncio.to_thread(scrape.scrape, url) if url else {}
     samples: dict[str, list[float]] = {}
@@ -162,14 +168,14 @@ async def run_system(system, kind: str, reqs: list[BenchRequest], cfg: SweepConf
         if cfg.warmup_requests:
             # One at a time, then all at once: first-use costs (kernel selection for new
             # shapes, allocator growth) are paid before anything is measured.
-            warm = reqs[: cfg.warmup_requests]
+            warm = for_run(reqs[: cfg.warmup_requests], cfg, "warmup")
             done = await run_sequential(client, warm, cfg.request_timeout_s)
             done += await run_open_loop(client, warm, [0.0] * len(warm), cfg.request_timeout_s)
             failed = [r for r in done if not r.ok]
             if failed:
                 raise RuntimeError(f"{system.name}: warm-up request failed: {failed[0].error}")
         if "slo_ttft_ms" not in slo_box:  # the first system started sets the thresholds for all
-            slo_box.update(await calibrate(client, reqs, slo, cfg.request_timeout_s))
+            slo_box.update(await calibrate(client, for_run(reqs, cfg, "calibration"), slo, cfg.request_timeout_s))
             slo_box["calibrated_on"] = system.name
             apply_slo(reqs, slo_box["slo_ttft_ms"], slo_box["slo_tpot_ms"])
 

@@ -18,7 +18,7 @@ from . import report as rep
 from .bench import SloConfig, SweepConfig, run_all
 from .checks import sanity_problems
 from .systems import POLICIES, OurServer, SystemUnavailable, VllmServer, vllm_version
-from .workload import DEFAULT_TRACES, LengthShaping, WorkloadSpec, build_workload, load_tokenizer, summarize, to_dict
+from .workload import DEFAULT_TRACES, LengthShaping, PromptBuilder, WorkloadSpec, build_workload, load_tokenizer, summarize, to_dict
 
 # Smoke mode: the tiny random model, two policies (so the per-policy restart is exercised),
 # a saturated run of 12 short requests each and a two-rate sweep derived from the first one.
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     model_dir = resolve_model_dir(args.model_dir)
     shaping = LengthShaping(args.prompt_scale, args.output_scale, args.min_prompt, args.max_prompt, args.min_output, args.max_output)
     spec = WorkloadSpec(traces=traces, num_requests=args.num_requests, seed=args.seed, shaping=shaping, online_fraction=args.online_fraction)
-    reqs = build_workload(spec, load_tokenizer(model_dir))
+    prompts = PromptBuilder(load_tokenizer(model_dir))
+    reqs = build_workload(spec, prompts.tokenizer, builder=prompts)
     overrides = dict(kv.split("=", 1) for kv in args.server_param)
     overrides.setdefault("max_model_len", str(args.max_model_len))
 
@@ -118,7 +119,8 @@ def main(argv=None) -> int:
             skipped.append({"name": "vllm", "kind": "vllm", "skipped": str(exc), "runs": []})
 
     cfg = SweepConfig(rates=rates, offline=not args.no_offline, seed=args.seed, request_timeout_s=args.request_timeout,
-                      warmup_requests=args.warmup_requests, drain_s=args.drain, auto_rate_factors=factors)
+                      warmup_requests=args.warmup_requests, drain_s=args.drain, auto_rate_factors=factors,
+                      prompts=prompts)
     slo = SloConfig(args.slo_ttft_ms, args.slo_tpot_ms, args.ttft_scale, args.tpot_scale, args.calibration_requests)
     results, slo_box = asyncio.run(run_all(systems, reqs, cfg, slo))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -154,11 +154,12 @@ def sample_lengths(spec: WorkloadSpec, rows_by_trace: dict[str, list[TraceRow]])
     return out
 
 
-def build_workload(spec: WorkloadSpec, tokenizer: Tokenizer, trace_rows: dict[str, list[TraceRow]] | None = None) -> list[BenchRequest]:
+def build_workload(spec: WorkloadSpec, tokenizer: Tokenizer, trace_rows: dict[str, list[TraceRow]] | None = None,
+                   builder: PromptBuilder | None = None) -> list[BenchRequest]:
     """The request list every system gets. Same spec and tokenizer -> same list."""
     if trace_rows is None:
         trace_rows = {str(t): read_trace(t) for t in spec.traces}
-    builder = PromptBuilder(tokenizer)
+    builder = builder or PromptBuilder(tokenizer)
     class_rng = random.Random(f"{spec.seed}-class")
     text_rng = random.Random(f"{spec.seed}-text")
     reqs = []
@@ -174,6 +175,15 @@ def build_workload(spec: WorkloadSpec, tokenizer: Tokenizer, trace_rows: dict[st
             )
         )
     return reqs
+
+
+def with_fresh_prompts(reqs: list[BenchRequest], builder: PromptBuilder, salt: str) -> list[BenchRequest]:
+    """The same requests (lengths, classes, SLOs) with new prompt texts drawn for `salt`.
+
+    Each run of a sweep gets its own texts (the same for every system), so a server with a
+    prefix cache (vLLM) cannot reuse prompts it saw in an earlier run."""
+    rng = random.Random(f"{salt}-text")
+    return [replace(r, prompt=builder.build(r.prompt_tokens, rng)) for r in reqs]
 
 
 def poisson_offsets(n: int, rate: float, seed: int) -> list[float]:

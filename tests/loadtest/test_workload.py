@@ -120,3 +120,21 @@ def test_apply_slo_only_to_online():
     apply_slo(reqs, 500.0, 50.0)
     for r in reqs:
         assert (r.slo_ttft_ms, r.slo_tpot_ms) == ((500.0, 50.0) if r.online else (None, None))
+
+
+def test_fresh_prompts_keep_everything_but_the_text():
+    from bucketserve_bench.workload import with_fresh_prompts
+
+    tok = WordTokenizer(WORDS)
+    builder = PromptBuilder(tok)
+    reqs = build_workload(WorkloadSpec(num_requests=20, seed=2), tok, TRACES, builder=builder)
+    apply_slo(reqs, 400.0, 40.0)
+    a = with_fresh_prompts(reqs, builder, "rate=1")
+    b = with_fresh_prompts(reqs, builder, "rate=1")
+    c = with_fresh_prompts(reqs, builder, "rate=2")
+    assert [r.prompt for r in a] == [r.prompt for r in b]  # the same texts for every system
+    assert all(x.prompt != y.prompt for x, y in zip(a, c) if x.prompt_tokens > 3)  # new texts for another run
+    assert all(x.prompt != y.prompt for x, y in zip(a, reqs) if x.prompt_tokens > 3)
+    for x, y in zip(a, reqs):
+        assert (x.prompt_tokens, x.output_tokens, x.online, x.slo_ttft_ms) == (y.prompt_tokens, y.output_tokens, y.online, y.slo_ttft_ms)
+        assert len(tok.encode(x.prompt)) == x.prompt_tokens
