@@ -142,3 +142,16 @@ def test_set_boundaries_redistributes_waiting():
         mgr.add(req(i, prompt=n))
     mgr.set_boundaries([200, 2000])
     assert ranges(mgr) == [(0, 200, 1), (200, 2000, 2), (2000, 4096, 1)]
+
+
+def test_histogram_coarsening_keeps_totals_and_bounds_bins():
+    mgr = BucketManager(16384, mode="dp", dp_min_observations=10**9)
+    lengths = [7 + (i * 37) % 16000 for i in range(3000)]
+    for i, n in enumerate(lengths):
+        mgr.add(req(i, prompt=n))
+    full = mgr._histogram()
+    coarse = mgr._histogram(max_bins=50)
+    assert len(full[0]) > 50 >= len(coarse[0])
+    assert sum(coarse[1]) == sum(full[1]) == len(lengths)
+    assert sum(coarse[2]) == sum(full[2]) == sum(lengths)
+    assert coarse[0][-1] == full[0][-1] and coarse[0] == sorted(coarse[0])

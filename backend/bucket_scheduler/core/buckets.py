@@ -239,6 +239,7 @@ class BucketManager:
         self.dp_refresh = dp_refresh
         self.dp_min_observations = dp_min_observations
         self.dp_hysteresis = dp_hysteresis
+        self.dp_max_bins = max(2 * max_buckets, 192)
         self._seq = itertools.count()
         self._entries: dict[str, _Entry] = {}
         self._lengths = _Fenwick(max_model_len)
@@ -466,13 +467,19 @@ class BucketManager:
         self._hist_sum[i] += length
         self._since_refresh += 1
 
-    def _histogram(self) -> tuple[list[int], list[int], list[int]]:
+    def _histogram(self, max_bins: int | None = None) -> tuple[list[int], list[int], list[int]]:
+        """Non-empty bins (top edge, count, summed lengths); with max_bins, neighbours
+        are merged pairwise until at most that many remain (bounds the dp's cost)."""
         tops, counts, sums = [], [], []
         for i, n in enumerate(self._hist_count):
             if n:
                 tops.append(self._edges[i + 1])
                 counts.append(n)
                 sums.append(self._hist_sum[i])
+        while max_bins is not None and len(tops) > max_bins:
+            tops = tops[1::2] + ([tops[-1]] if len(tops) % 2 else [])
+            counts = [sum(counts[i : i + 2]) for i in range(0, len(counts), 2)]
+            sums = [sum(sums[i : i + 2]) for i in range(0, len(sums), 2)]
         return tops, counts, sums
 
     def expected_padding(self, bounds: list[int]) -> float:
@@ -497,7 +504,7 @@ class BucketManager:
         if not due:
             return
         self._since_refresh = 0
-        tops, counts, sums = self._histogram()
+        tops, counts, sums = self._histogram(max_bins=self.dp_max_bins)
         bounds, pad = optimal_boundaries(tops, counts, sums, self.max_buckets)
         if self._placed:
             current = self.expected_padding(self.boundaries())
