@@ -187,3 +187,20 @@ def test_bucket_refill_scope_any_admits_other_buckets_within_padding_target():
     assert strict.schedule(0.2).prefill == []  # default: same bucket only
     with pytest.raises(ValueError, match="refill_scope"):
         make_scheduler("bucket", planner(), 4096, 8, refill_scope="all")
+
+
+def test_bucket_refill_scope_auto_mixes_only_a_shallow_queue():
+    def setup():
+        s = make_scheduler("bucket", planner(), 4096, 4, bucket_mode="fixed", boundaries=[1000],
+                           refill_scope="auto")
+        s.add(req("a", prompt=100, new=50))
+        s.add(req("b", prompt=2000, new=50, t=0.1))
+        return s
+
+    s = setup()  # 2 waiting <= 4 free slots: both start at once, whatever their buckets
+    assert sorted(r.request_id for r in s.schedule(0.2).prefill) == ["a", "b"]
+    s = setup()
+    for i in range(4):  # 6 waiting > 4 slots: one bucket per batch, as with refill_scope="bucket"
+        s.add(req(f"c{i}", prompt=120 + i, new=50, t=0.1))
+    out = s.schedule(0.2)
+    assert all(r.prompt_len < 1000 for r in out.prefill) and len(out.prefill) == 4

@@ -125,7 +125,7 @@ class BucketMachine(SchedulerMachine):
             b = mgr.bucket_for(admitted[0].seq_len)
             assert b.head_online() is None
         # a running batch comes from one bucket (refills only from it)
-        if out.stats.bucket_low is not None:
+        if out.stats.bucket_low is not None and self.options.get("refill_scope", "bucket") == "bucket":
             for r in admitted:
                 assert out.stats.bucket_low <= r.seq_len < out.stats.bucket_up
 
@@ -173,10 +173,17 @@ TestContinuous = ContinuousMachine.TestCase
 TestUellm = UellmMachine.TestCase
 
 
-class AnyScopeMachine(SchedulerMachine):
+class AnyScopeMachine(BucketMachine):
     policy = "bucket"
     options = {"refill_scope": "any", "max_buckets": 4, "dp_refresh": 5, "dp_min_observations": 5}
 
 
+class AutoScopeMachine(BucketMachine):
+    policy = "bucket"
+    options = {"refill_scope": "auto", "max_buckets": 4, "dp_refresh": 5, "dp_min_observations": 5}
+
+
 AnyScopeMachine.TestCase.settings = _settings
+AutoScopeMachine.TestCase.settings = _settings
 TestAnyScope = AnyScopeMachine.TestCase
+TestAutoScope = AutoScopeMachine.TestCase

@@ -83,8 +83,8 @@ class BucketScheduler(SchedulerBase):
             dp_hysteresis=dp_hysteresis,
             dp_min_observations=dp_min_observations,
         )
-        if refill_scope not in ("bucket", "any"):
-            raise ValueError(f"refill_scope must be 'bucket' or 'any', got {refill_scope!r}")
+        if refill_scope not in ("bucket", "any", "auto"):
+            raise ValueError(f"refill_scope must be 'bucket', 'any' or 'auto', got {refill_scope!r}")
         self.refill_padding_target = refill_padding_target
         self.refill_scope = refill_scope
         self.max_wait_s = max_wait_s
@@ -147,24 +147,29 @@ class BucketScheduler(SchedulerBase):
         if refill and self.refill_scope == "any":
             self._refill_any(now, budget, out)
             return
+        bucket = None
         if refill:
-            bucket = self.active_bucket()
-            if bucket is None or self._should_drain(bucket, now):
-                return
+            active = self.active_bucket()
+            if active is not None and not self._should_drain(active, now):
+                bucket = active
         else:
             oldest = self.buckets.oldest()
             if oldest is not None and now - oldest[0] > self.max_wait_s:
                 bucket = oldest[1]  # starvation guard beats the ranking
             else:
                 bucket = self.buckets.select()
-            if bucket is None:
-                return
-        cap = self.max_num_seqs
+        if bucket is not None:
+            self._fill_from(bucket, refill, budget, out)
+        if self.refill_scope == "auto":
+            self._fill_shallow(budget, out)
+
+    def _fill_from(self, bucket: Bucket, refill: bool, budget: int, out: SchedulerOutput) -> None:
+        """Admit the bucket's best requests while slots, memory and (when refilling) padding allow."""
         shape = self.running_shape()
         lens_sum = sum(r.seq_len for r in self.running)
         lens_max = max((r.seq_len for r in self.running), default=0)
         target = self.refill_padding_target
-        while len(self.running) < cap:
+        while len(self.running) < self.max_num_seqs:
             entry = bucket.head()
             if entry is None:
                 break
@@ -183,6 +188,23 @@ class BucketScheduler(SchedulerBase):
                 self._anchor = L if bucket.holds(L) else bucket.low
         if self._anchor is None and self.running:
             self._anchor = bucket.low
+
+    def _fill_shallow(self, budget: int, out: SchedulerOutput) -> None:
+        """refill_scope="auto": when every waiting request fits in the free slots, nothing is
+        gained by making any of them wait for its bucket's turn: admit them all, best first,
+        whatever their length (memory permitting).  A deep queue keeps one bucket per batch."""
+        shape = self.running_shape()
+        while 0 < self.buckets.count <= self.max_num_seqs - len(self.running):
+            bucket = self.buckets.select()
+            req = bucket.head().req
+            nxt = shape.plus(self.planner.worst_tokens(req))
+            if not self.planner.fits(nxt, budget):
+                break
+            self.buckets.remove(req)
+            self._start(req, out)
+            shape = nxt
+            if self._anchor is None:
+                self._anchor = req.seq_len
 
     def _refill_any(self, now: float, budget: int, out: SchedulerOutput) -> None:
         """refill_scope="any": free slots go to the best-ranked bucket head, from any bucket,
@@ -223,5 +245,5 @@ class BucketScheduler(SchedulerBase):
     def _extra_stats(self, st: StepStats) -> None:
         st.buckets = self.buckets.infos(self.n_max)
         b = self.active_bucket()
-        if b is not None and self.running and self.refill_scope == "bucket":
+        if b is not None and self.running and self.refill_scope != "any":
             st.bucket_low, st.bucket_up = b.low, b.up
