@@ -100,5 +100,9 @@ class EngineConfig:
     # under overload offline is shed first and online keeps the rest of the queue.
     offline_queue_fraction: float = 0.8
     drain_timeout_s: float = 10.0  # on unload / shutdown: how long in-flight requests may finish
+    # When this file appears the engine stops admission and gives in-flight requests
+    # drain_timeout_s before failing them (the launcher creates it just before SIGTERM: Triton
+    # waits for decoupled requests before it calls finalize(), so finalize() alone is too late).
+    drain_file: str = ""
     trust_remote_code: bool = False
     scheduler_options: dict = field(default_factory=dict)  # policy knobs passed to the core's factory

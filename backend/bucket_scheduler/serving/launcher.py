@@ -33,6 +33,9 @@ DEFAULT_MODELS = ("bucketserve",)
 SHUTDOWN_MARGIN_S = 5.0
 
 
+DRAIN_FILE = "draining"  # in the run dir; created just before SIGTERM (see ServerHandle.terminate)
+
+
 def drain_timeout_for(exit_timeout_s: float) -> float:
     return max(0.0, exit_timeout_s - SHUTDOWN_MARGIN_S)
 
@@ -156,6 +159,12 @@ class ServerHandle:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
     def terminate(self) -> None:
+        # Tell the models first: Triton itself waits for decoupled requests before it calls
+        # finalize(), so without this a long generation outlives the exit timeout unanswered.
+        try:
+            (self.run_dir / DRAIN_FILE).touch()
+        except OSError:
+            pass
         if self.alive():
             try:
                 self.process.send_signal(signal.SIGTERM)
@@ -278,10 +287,14 @@ def start_server(
     run_dir.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = (p or free_port(host) for p in (http_port, grpc_port, metrics_port))
 
+    drain_file = run_dir.resolve() / DRAIN_FILE
+    drain_file.unlink(missing_ok=True)
     for name in models:  # in-flight requests must be answered before Triton's exit timeout aborts
         config = source / name / "config.pbtxt"
-        if config.is_file() and "drain_timeout_s" not in read_parameters(config.read_text()):
+        params = read_parameters(config.read_text()) if config.is_file() else {}
+        if "drain_timeout_s" not in params:
             overrides.setdefault(name, {}).setdefault("drain_timeout_s", f"{drain_timeout_for(exit_timeout_s):g}")
+        overrides.setdefault(name, {}).setdefault("drain_file", str(drain_file))
     if prepare_models:
         prepare_model_dirs(source, models, overrides, log=log)
     repo = prepare_repository(source, run_dir, models, overrides, instance_kind=instance_kind)
