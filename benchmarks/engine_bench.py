@@ -327,8 +327,8 @@ def raw_mode(args) -> dict:
     import torch
 
     from bucket_scheduler.runtime.api import SamplingParams
+    from bucket_scheduler.runtime.cpu_linear import prepack_linears
     from bucket_scheduler.runtime.detokenizer import IncrementalDetokenizer
-    from bucket_scheduler.runtime.engine import _eos_ids
     from bucket_scheduler.runtime.models import load_model, resolve_dtype, resolve_model
     from bucket_scheduler.runtime.runner import Runner
     from bucket_scheduler.runtime.sequence import Sequence
@@ -343,6 +343,8 @@ def raw_mode(args) -> dict:
     for name in dtypes:
         dtype = resolve_dtype(name, device)
         model, tok = load_model(path, dtype, device)
+        if args.prepack:
+            prepack_linears(model)
         flops_per_token = 2 * sum(p.numel() for p in model.parameters())  # multiply-add per weight
         rng = random.Random(0)
         vocab = model.config.vocab_size
@@ -394,7 +396,7 @@ def raw_mode(args) -> dict:
         answers[rows[-1]["dtype"]] = capital_answer(model, tok, device)
         del model
     print(f"raw speed: model {path.name}, device {device}, threads {torch.get_num_threads()}, {B} sequences, "
-          f"prompt {P} tokens, {steps} decode steps")
+          f"prompt {P} tokens, {steps} decode steps, prepacked bf16 linears {'on' if args.prepack else 'off'}")
     print(f"{'dtype':<9} {'prefill tok/s':>13} {'decode tok/s':>12} {'step ms':>8} {'HF prefill':>10} {'HF decode':>9} "
           f"{'limit now':>9} {'ref limit':>9}  greedy answer to 'capital of France'")
     for r in rows:
@@ -493,6 +495,8 @@ def parse_args(argv=None):
     ap.add_argument("--raw-dtypes", default="float32,bfloat16")
     ap.add_argument("--max-prefill-tokens", type=int, default=8192)
     ap.add_argument("--no-hf-generate", dest="hf_generate", action="store_false")
+    ap.add_argument("--no-prepack", dest="prepack", action="store_false",
+                    help="--raw: plain F.linear instead of prepacked bf16 weights (the engine always prepacks)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     args.options = {}
