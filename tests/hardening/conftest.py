@@ -19,12 +19,13 @@ PLENTY = 1 << 30  # free bytes the scripted probe reports when there is no press
 
 # What the shared hardening server runs with (config.pbtxt parameters, as strings).
 SETTINGS = {
-    "max_model_len": "512",
+    "max_model_len": "2048",
     "max_num_seqs": "8",
     "max_queue_requests": "24",
     "max_queue_tokens": "6000",
     "offline_queue_fraction": "0.5",
     "memory_fraction": "1.0",
+    "dtype": "float32",  # the KV plan below (helpers.planned_bytes) assumes 4-byte values
 }
 
 
@@ -46,8 +47,16 @@ def launch(tmp_path_factory, name: str, settings: dict[str, str], env: dict[str,
         handle = start_server(models=[MODEL], overrides=overrides, host="127.0.0.1", http_port=0, grpc_port=0,
                               metrics_port=0, run_dir=run_dir, exit_timeout_s=exit_timeout_s, ready_timeout_s=300,
                               log=lambda _m: None)
-    return ServerUnderTest(handle, MODEL, probe_file, {k: int(float(v)) if k != "offline_queue_fraction" else float(v)
-                                                      for k, v in settings.items()})
+    return ServerUnderTest(handle, MODEL, probe_file, {k: _number(v) for k, v in settings.items()})
+
+
+def _number(text: str):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
 
 
 @pytest.fixture(scope="session")

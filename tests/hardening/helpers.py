@@ -213,3 +213,13 @@ def run_threads(fn, n: int) -> list:
     for t in threads:
         t.join()
     return results
+
+
+def planned_bytes(worst_tokens: list[int]) -> int:
+    """What the engine's MemoryPlanner plans for these sequences on the hardening server: the
+    tiny test model (runtime.models.TinySpec: 2 layers, 2 KV heads of 16, hidden 64,
+    intermediate 128, vocab 400) in float32, padded accounting."""
+    from bucket_scheduler.core.memory import BatchShape, FixedProbe, KVSpec, MemoryPlanner
+
+    spec = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, dtype_bytes=4, hidden_size=64, intermediate_size=128, vocab_size=400)
+    return MemoryPlanner(spec, FixedProbe(0)).planned_bytes(BatchShape.of(worst_tokens))

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-MAX_MODEL_LEN = 512  # the hardening server's setting
+MAX_MODEL_LEN = 2048  # the hardening server's setting
 MAX_PROMPT_BYTES = MAX_MODEL_LEN * 128
 
 words = st.sampled_from(["bucket", "batch", "token", "queue", "memory", "hello", "world", "é", "日本", "🙂"])
@@ -92,7 +92,7 @@ def grpc_request(draw):
         n = draw(st.integers(60, 200))  # ~n+1 prompt tokens with the tiny tokenizer
         return [("text_input", _text(" ".join(["bucket"] * n)), "BYTES"), ("max_tokens", [MAX_MODEL_LEN - 2], "INT32")] + extra, "max_model_len"
     if kind == "oversize":
-        size = draw(st.integers(MAX_PROMPT_BYTES + 1, MAX_PROMPT_BYTES * 4))
+        size = draw(st.integers(MAX_PROMPT_BYTES + 1, MAX_PROMPT_BYTES * 2))
         return [("text_input", _text("a" * size), "BYTES")] + base[1:] + extra, "text_input"
     if kind == "temperature":
         return base + [("temperature", [draw(bad_temperature)], "FP32")] + extra, "temperature"
@@ -155,7 +155,7 @@ def http_request(draw):
         body["max_tokens"] = MAX_MODEL_LEN - 2
         return body, "max_model_len"
     if kind == "oversize":
-        body["text_input"] = "a" * draw(st.integers(MAX_PROMPT_BYTES + 1, MAX_PROMPT_BYTES * 4))
+        body["text_input"] = "a" * draw(st.integers(MAX_PROMPT_BYTES + 1, MAX_PROMPT_BYTES * 2))
         return body, "text_input"
     if kind == "temperature":
         body["temperature"] = draw(st.one_of(st.floats(max_value=-1e-3, allow_nan=False, allow_infinity=False),

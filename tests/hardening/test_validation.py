@@ -47,7 +47,7 @@ def valid_request_works(server):
     ({"text_input": "hi", "max_tokens": 0}, "max_tokens"),
     ({"text_input": "hi", "max_tokens": -3}, "max_tokens"),
     ({"text_input": "hi", "max_tokens": 2**31 - 1}, "max_tokens"),
-    ({"text_input": " ".join(["bucket"] * 100), "max_tokens": 500}, "max_model_len"),
+    ({"text_input": " ".join(["bucket"] * 100), "max_tokens": 2000}, "max_model_len"),
     ({"text_input": "a" * (MAX_PROMPT_BYTES + 1)}, "text_input"),
     ({"text_input": "hi", "temperature": -1.0}, "temperature"),
     ({"text_input": "hi", "temperature": 1e9}, "temperature"),
