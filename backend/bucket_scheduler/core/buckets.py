@@ -386,10 +386,13 @@ class BucketManager:
         if inner == self.boundaries():
             return
         edges = [0, *inner, self.max_model_len]
-        new = [Bucket(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-        live = [e for b in self.buckets for e in b.live_entries()]
+        kept = {(b.low, b.up): b for b in self.buckets}
+        new = [kept.pop((lo, hi), None) or Bucket(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+        # only requests of buckets whose range changed move (unchanged buckets keep their heaps)
+        moved = [e for b in kept.values() for e in b.live_entries()]
         self._install(new)
-        self._refill(live, new)
+        for e in moved:
+            self._push(e, self.bucket_for(self._clamp(e.req.seq_len)))
         self.replacements += 1
 
     def _install(self, buckets: list[Bucket]) -> None:
