@@ -259,3 +259,17 @@ def test_scheduler_reject_is_invalid_request():
     with pytest.raises(InvalidRequest, match="never be scheduled"):
         eng.submit(req("big", "hello there"), Collector())
     eng.shutdown(timeout_s=0)
+
+
+def test_callback_may_call_back_into_the_engine(engine):
+    """on_output runs on the engine thread; cancelling from inside it must not deadlock."""
+    sink = Collector()
+
+    def on_output(out):
+        sink(out)
+        if not out.finished:
+            engine.cancel(out.request_id)
+
+    engine.submit(req("reentrant", PROMPTS[0], max_tokens=100, stream=True), on_output)
+    sink.wait(1)
+    assert sink.final("reentrant").finish_reason == "cancelled"

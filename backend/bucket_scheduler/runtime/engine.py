@@ -132,7 +132,8 @@ class Engine:
         self.scheduler = make_scheduler(
             config.policy, self.planner, config.max_model_len, config.max_num_seqs, **config.scheduler_options
         )
-        self._lock = threading.Lock()
+        # Re-entrant: on_output runs under it, and a callback may call cancel() or submit().
+        self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._tok_lock = threading.Lock()
         self._live: dict[str, _Live] = {}
