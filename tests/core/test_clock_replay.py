@@ -79,3 +79,13 @@ def test_cli_json_keys(tmp_path, capsys):
                 "decision_us_p50", "decision_us_p99", "finished", "rejected", "batches"):
         assert key in res
     assert res["finished"] == 30 and res["options"] == {"max_buckets": 4}
+
+
+def test_replay_online_share_reports_slo_attainment(tmp_path):
+    rows = load_trace(str(_write_trace(tmp_path / "t.csv", n=120)), time_scale=0.2)
+    res = replay(rows, "continuous", free_bytes=8 << 30, max_model_len=4096, online_share=0.5, slo_ttft_s=1e6)
+    assert 30 < res.online < 90
+    assert res.online_ttft_slo_attainment == 1.0  # an SLO nobody can miss
+    tight = replay(rows, "continuous", free_bytes=8 << 30, max_model_len=4096, online_share=0.5, slo_ttft_s=0.0)
+    assert tight.online == res.online and tight.online_ttft_slo_attainment == 0.0
+    assert replay(rows, "continuous", free_bytes=8 << 30, max_model_len=4096).online_ttft_slo_attainment is None

@@ -55,7 +55,7 @@ def test_refill_stops_when_another_bucket_waits_too_long():
 
 def test_online_request_in_another_bucket_stops_offline_refill():
     s = make_scheduler("bucket", planner(), 4096, 4, bucket_mode="fixed", boundaries=[1000],
-                       refill_padding_target=0.0)
+                       refill_padding_target=0.0, online_rescue=False)
     for i in range(3):
         s.add(req(f"a{i}", prompt=100, new=50))
     s.schedule(0.0)
@@ -63,3 +63,19 @@ def test_online_request_in_another_bucket_stops_offline_refill():
     s.add(req("a9", prompt=100, new=50, t=0.1))
     out = s.schedule(0.1)
     assert out.prefill == []  # the offline batch drains instead of refilling
+
+
+def rescue_case(slo_ttft_s, **opts):
+    s = make_scheduler("bucket", planner(), 4096, 4, bucket_mode="fixed", boundaries=[1000], **opts)
+    for i in range(3):
+        s.add(req(f"a{i}", prompt=100, new=50))
+    s.schedule(0.0)
+    s.schedule(0.1)  # step time 0.1 s: the batch needs about 50 x 0.1 s to drain
+    s.add(req("on", prompt=2000, new=5, t=0.15, online=True, slo_ttft_s=slo_ttft_s))
+    return s.schedule(0.2)
+
+
+def test_online_request_that_would_miss_its_deadline_joins_across_buckets():
+    assert [r.request_id for r in rescue_case(1.0).prefill] == ["on"]  # deadline 1.15 < drain ~5.1
+    assert rescue_case(30.0).prefill == []  # deadline after the drain: it waits for its bucket's turn
+    assert rescue_case(1.0, online_rescue=False).prefill == []

@@ -15,7 +15,9 @@ Padding efficiency = useful / computed token slots over all prefill and decode
 steps of a padded runtime (clock.SlotCounter).  Memory: a model shape
 (default Llama-2-13B: 40 layers, 40 KV heads, head dim 128, fp16) and a fixed
 free-memory probe (default 48 GiB, what is left of an 80 GB GPU next to 13B
-fp16 weights).
+fp16 weights).  Requests are offline unless --online-share marks a random
+share online with a TTFT SLO (--slo-ttft-s); the result then reports the share
+of online requests whose first token came within it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -30,7 +33,7 @@ from datetime import datetime
 from .clock import CostModel, SlotCounter
 from .factory import POLICIES, make_scheduler
 from .memory import GIB, FixedProbe, KVSpec, MemoryPlanner
-from .request import Request
+from .request import Request, RequestClass
 
 LLAMA2_13B = KVSpec(num_layers=40, num_kv_heads=40, head_dim=128, dtype_bytes=2)
 
@@ -88,6 +91,8 @@ class ReplayResult:
     output_tokens_per_s: float
     ttft_p50_s: float
     ttft_p99_s: float
+    online: int = 0  # requests marked online (--online-share)
+    online_ttft_slo_attainment: float | None = None  # share of online requests with TTFT <= their SLO
     options: dict = field(default_factory=dict)
 
 
@@ -109,6 +114,9 @@ def replay(
     cost: CostModel | None = None,
     max_new_tokens: int | None = None,
     idle_tick_s: float = 0.01,
+    online_share: float = 0.0,
+    slo_ttft_s: float = 2.0,
+    seed: int = 0,
 ) -> ReplayResult:
     options = dict(options or {})
     cost = cost or CostModel()
@@ -124,11 +132,15 @@ def replay(
     now, i, n = 0.0, 0, len(rows)
     next_wakeup = getattr(sched, "next_wakeup", None)
     idle_guard = 0
+    pick = random.Random(seed)
     while i < n or sched.has_work():
         while i < n and rows[i].arrival_s <= now:
             row = rows[i]
             mnt = max(1, row.output_len) if max_new_tokens is None else max_new_tokens
-            r = Request(f"r{i}", max(1, row.prompt_len), mnt, row.arrival_s)
+            online = online_share > 0 and pick.random() < online_share
+            r = Request(f"r{i}", max(1, row.prompt_len), mnt, row.arrival_s,
+                        req_class=RequestClass.ONLINE if online else RequestClass.OFFLINE,
+                        slo_ttft_s=slo_ttft_s if online else None)
             stop_at[r.request_id] = min(max(1, row.output_len), mnt)
             reqs.append(r)
             if not sched.add(r):
@@ -172,6 +184,8 @@ def replay(
             if r.num_generated >= stop_at[r.request_id]:
                 sched.finish(r.request_id, now)
     ttfts = sorted(r.first_token_time - r.arrival_time for r in reqs if r.first_token_time is not None)
+    onl = [r for r in reqs if r.is_online and r.state.value != "rejected"]
+    met = sum(r.first_token_time is not None and r.first_token_time - r.arrival_time <= r.slo_ttft_s for r in onl)
     decisions.sort()
     total = SlotCounter(prefill_slots.useful + decode_slots.useful, prefill_slots.computed + decode_slots.computed)
     return ReplayResult(
@@ -194,6 +208,8 @@ def replay(
         output_tokens_per_s=round(out_tokens / now, 1) if now > 0 else 0.0,
         ttft_p50_s=round(_pct(ttfts, 0.5), 3),
         ttft_p99_s=round(_pct(ttfts, 0.99), 3),
+        online=len(onl),
+        online_ttft_slo_attainment=round(met / len(onl), 4) if onl else None,
         options=options,
     )
 
@@ -222,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--free-gib", type=float, default=48.0, help="free accelerator memory the probe reports")
     ap.add_argument("--memory-fraction", type=float, default=0.9)
     ap.add_argument("--kv", default="40,40,128,2", help="layers,kv_heads,head_dim,dtype_bytes (default Llama-2-13B fp16)")
+    ap.add_argument("--online-share", type=float, default=0.0,
+                    help="mark this share of requests online (fixed-seed random pick), with --slo-ttft-s")
+    ap.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO of online requests")
     ap.add_argument("--paged-cost", action="store_true", help="step time from actual lengths, not padded slots")
     ap.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                     help="policy option for make_scheduler (repeatable; JSON values)")
@@ -239,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         max_num_seqs=args.max_num_seqs,
         cost=CostModel(padded=not args.paged_cost),
         max_new_tokens=args.max_new_tokens,
+        online_share=args.online_share,
+        slo_ttft_s=args.slo_ttft_s,
     )
     if args.json:
         print(json.dumps(asdict(res)))

@@ -20,6 +20,8 @@ Each step (iteration-level, see interface.py):
    padding efficiency (sum of sequence lengths / (batch size x longest)) at or
    above `refill_padding_target`, because in a padded runtime every decode step
    computes batch size x longest sequence slots.
+   online_rescue (default on): an online request whose deadline would pass
+   before the running batch drains joins it at once, whatever its bucket.
    With refill_scope="any" (not the default) free slots may also go to other
    buckets' best requests when their length passes that same padding test: the
    batch then follows its own growing lengths instead of one bucket.
@@ -61,6 +63,7 @@ class BucketScheduler(SchedulerBase):
         refill_padding_target: float = 0.9,
         max_wait_s: float = 5.0,
         refill_scope: str = "bucket",
+        online_rescue: bool = True,
     ):
         super().__init__(planner, max_model_len, max_num_seqs)
         self.order = OrderPolicy(
@@ -88,6 +91,9 @@ class BucketScheduler(SchedulerBase):
         self.refill_padding_target = refill_padding_target
         self.refill_scope = refill_scope
         self.max_wait_s = max_wait_s
+        self.online_rescue = online_rescue
+        self._last_now: float | None = None
+        self._step_s: float | None = None  # moving average of the time between steps while running
         self._anchor: int | None = None  # a length inside the running batch's bucket
         self._budget = 0
         self._mean_new = 128.0  # running mean of max_new_tokens, for N_max of empty buckets
@@ -140,6 +146,10 @@ class BucketScheduler(SchedulerBase):
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
         self._budget = budget
+        if self._last_now is not None and self.running and now > self._last_now:
+            dt = now - self._last_now
+            self._step_s = dt if self._step_s is None else 0.9 * self._step_s + 0.1 * dt
+        self._last_now = now
         self.buckets.rebalance(self.n_max)
         if not self.buckets.count:
             return
@@ -162,6 +172,37 @@ class BucketScheduler(SchedulerBase):
             self._fill_from(bucket, refill, budget, out)
         if self.refill_scope == "auto":
             self._fill_shallow(budget, out)
+        if self.online_rescue and self.running and self.buckets.count:
+            self._rescue_online(now, budget, out)
+
+    def _rescue_online(self, now: float, budget: int, out: SchedulerOutput) -> None:
+        """online_rescue: an online request in another bucket whose deadline falls before the
+        running batch can drain (its longest remaining output x the recent step time) joins
+        now, earliest deadline first, memory permitting: padding is the cheaper miss."""
+        if self._step_s is None:
+            return
+        remaining = max(r.max_new_tokens - r.num_generated for r in self.running)
+        drain_at = now + remaining * self._step_s
+        shape = self.running_shape()
+        while len(self.running) < self.max_num_seqs:
+            best = None
+            for b in self.buckets.buckets:
+                if not b.count:
+                    continue
+                e = b.head_online()
+                if e is not None:
+                    d = self.order.deadline(e.req)
+                    if d < drain_at and (best is None or d < best[0]):
+                        best = (d, e.req)
+            if best is None:
+                break
+            req = best[1]
+            nxt = shape.plus(self.planner.worst_tokens(req))
+            if not self.planner.fits(nxt, budget):
+                break
+            self.buckets.remove(req)
+            self._start(req, out)
+            shape = nxt
 
     def _fill_from(self, bucket: Bucket, refill: bool, budget: int, out: SchedulerOutput) -> None:
         """Admit the bucket's best requests while slots, memory and (when refilling) padding allow."""
