@@ -159,12 +159,17 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
     head = report["headline"]
     names = [n for n in head if head[n]["offline_output_tokens_per_s"] is not None]
     if names:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, (ax, gx) = plt.subplots(1, 2, figsize=(10, 4.2))
         vals = [head[n]["offline_output_tokens_per_s"] for n in names]
         bars = ax.bar(names, vals, color="tab:blue")
-        ax.bar_label(bars, fmt="%.0f")
-        ax.set_ylabel("output tokens/s (all requests at t=0)")
-        ax.set_title("Saturated throughput")
+        ax.bar_label(bars, fmt="%.1f")
+        ax.set_ylabel("output tokens/s")
+        ax.set_title("Saturated throughput (all requests at t=0)")
+        good = [head[n]["max_goodput_rps"] or 0.0 for n in names]
+        bars = gx.bar(names, good, color="tab:orange")
+        gx.bar_label(bars, fmt="%.2f")
+        gx.set_ylabel("requests/s within SLO")
+        gx.set_title("Best goodput over the sweep")
         fig.tight_layout()
         paths.append(out_dir / "throughput.png")
         fig.savefig(paths[-1], dpi=110)
@@ -172,17 +177,25 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
 
     pad = [(s["name"], r) for s in systems for r in s["runs"] if r.get("padding_efficiency") is not None]
     if pad:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name in dict.fromkeys(n for n, _ in pad):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+        markers = "osD^vP*X"
+        for i, name in enumerate(dict.fromkeys(n for n, _ in pad)):
             pts = sorted((r["rate"], r["padding_efficiency"]) for n, r in pad if n == name and r["mode"] == "rate")
             if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
-        ax.set_xlabel("request rate (req/s)")
-        ax.set_ylabel("padding efficiency (useful / computed slots, %)")
-        ax.set_ylim(0, 102)
-        ax.set_title("Padding efficiency (server metric, mean while running)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+                left.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=markers[i % len(markers)],
+                          linestyle=["-", "--", "-.", ":"][i % 4], label=name)
+        left.set_xlabel("request rate (req/s)")
+        left.set_ylabel("useful / computed prefill token slots (%)")
+        left.set_ylim(0, 102)
+        left.set_title("Padding efficiency per run")
+        left.grid(alpha=0.3)
+        left.legend()
+        sat = [(n, r["padding_efficiency"]) for n, r in pad if r["mode"] == "offline"]
+        if sat:
+            bars = right.bar([n for n, _ in sat], [100 * v for _, v in sat], color="tab:green")
+            right.bar_label(bars, fmt="%.0f%%")
+            right.set_ylim(0, 110)
+        right.set_title("Saturated run")
         fig.tight_layout()
         paths.append(out_dir / "padding_efficiency.png")
         fig.savefig(paths[-1], dpi=110)
