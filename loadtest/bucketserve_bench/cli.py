@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -32,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bucketserve-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("workload")
     g.add_argument("--trace", action="append", help="Azure LLM trace CSV (repeat for a mix; default: the conversation and code traces)")
-    g.add_argument("--num-requests", type=int, default=60)
+    g.add_argument("--num-requests", type=int, default=24, help="requests per run (default 24: a 5-system run in about 25 minutes on 2 cores)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--online-fraction", type=float, default=0.5, help="share of requests with TTFT/TPOT SLOs (default 0.5)")
     g.add_argument("--prompt-scale", type=float, default=0.25, help="multiply trace prompt lengths (default 0.25)")
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("load and SLOs")
     g.add_argument("--rates", default="auto", help="request rates to sweep (req/s, comma-separated), or 'auto': "
                    "the first system's saturated throughput times --rate-factors (default)")
-    g.add_argument("--rate-factors", default="0.25,0.5,0.75,1,1.25", help="for --rates auto")
+    g.add_argument("--rate-factors", default="0.4,0.8,1.2,1.6", help="for --rates auto")
     g.add_argument("--no-offline", action="store_true", help="skip the saturated run (all requests at t=0)")
     g.add_argument("--slo-ttft-ms", type=float, default=None, help="fixed TTFT target; default: scaled from the unloaded latency")
     g.add_argument("--slo-tpot-ms", type=float, default=None)
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--calibration-requests", type=int, default=8)
     g.add_argument("--request-timeout", type=float, default=600.0)
     g.add_argument("--warmup-requests", type=int, default=4, help="sent one by one, then together, after each start")
-    g.add_argument("--drain", type=float, default=180.0, help="a run ends this many seconds after its last arrival; what is left is cancelled and counted as missed")
+    g.add_argument("--drain", type=float, default=60.0, help="a run ends this many seconds after its last arrival; what is left is cancelled and counted as missed")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="bench-results", help="output directory (default bench-results/)")
     g.add_argument("--quick", action="store_true", help="smoke mode: tiny model, short sweep, sanity checks (< 2 minutes)")
@@ -81,8 +82,13 @@ def resolve_model_dir(setting: str | None) -> Path:
     return Path(resolve_model(setting))
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt  # unwinds through the finally blocks that stop the servers
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
