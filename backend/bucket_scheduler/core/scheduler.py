@@ -21,7 +21,8 @@ Each step (iteration-level, see interface.py):
    above `refill_padding_target`, because in a padded runtime every decode step
    computes batch size x longest sequence slots.
    online_rescue (default on): an online request whose deadline would pass
-   before the running batch drains joins it at once, whatever its bucket.
+   before the running batch drains, and that can still make it, joins the
+   batch at once, whatever its bucket.
    With refill_scope="any" (not the default) free slots may also go to other
    buckets' best requests when their length passes that same padding test: the
    batch then follows its own growing lengths instead of one bucket.
@@ -177,12 +178,15 @@ class BucketScheduler(SchedulerBase):
 
     def _rescue_online(self, now: float, budget: int, out: SchedulerOutput) -> None:
         """online_rescue: an online request in another bucket whose deadline falls before the
-        running batch can drain (its longest remaining output x the recent step time) joins
-        now, earliest deadline first, memory permitting: padding is the cheaper miss."""
+        running batch can drain (its longest remaining output x the recent step time), but not
+        before the next step, joins now, earliest deadline first, memory permitting: padding
+        is the cheaper miss.  A request already too late gains nothing from the padding and
+        waits its bucket's turn (online requests still rank first there, by deadline)."""
         if self._step_s is None:
             return
         remaining = max(r.max_new_tokens - r.num_generated for r in self.running)
         drain_at = now + remaining * self._step_s
+        savable_from = now + self._step_s  # a deadline before the next step is lost anyway
         shape = self.running_shape()
         while len(self.running) < self.max_num_seqs:
             best = None
@@ -192,7 +196,7 @@ class BucketScheduler(SchedulerBase):
                 e = b.head_online()
                 if e is not None:
                     d = self.order.deadline(e.req)
-                    if d < drain_at and (best is None or d < best[0]):
+                    if savable_from <= d < drain_at and (best is None or d < best[0]):
                         best = (d, e.req)
             if best is None:
                 break
