@@ -78,4 +78,5 @@ def rescue_case(slo_ttft_s, **opts):
 def test_online_request_that_would_miss_its_deadline_joins_across_buckets():
     assert [r.request_id for r in rescue_case(1.0).prefill] == ["on"]  # deadline 1.15 < drain ~5.1
     assert rescue_case(30.0).prefill == []  # deadline after the drain: it waits for its bucket's turn
+    assert rescue_case(0.1).prefill == []  # deadline 0.25 before the next step: padding would not save it
     assert rescue_case(1.0, online_rescue=False).prefill == []
