@@ -120,6 +120,7 @@ def fuzz(server, grpc_examples: int, http_examples: int) -> dict:
 
 def test_fuzz_malformed_requests(server):
     sent = fuzz(server, grpc_examples=400, http_examples=150)
+    print(f"\nfuzz: {sent['grpc']} gRPC + {sent['http']} HTTP malformed requests, each one error final")
     assert sent["grpc"] + sent["http"] >= 500
 
 
