@@ -273,3 +273,48 @@ def test_callback_may_call_back_into_the_engine(engine):
     engine.submit(req("reentrant", PROMPTS[0], max_tokens=100, stream=True), on_output)
     sink.wait(1)
     assert sink.final("reentrant").finish_reason == "cancelled"
+
+
+def test_preempted_requests_resume_with_the_same_text():
+    """Memory shrinks mid-run: the scheduler preempts, the runner drops those rows, and
+    on readmission they are recomputed from prompt + tokens so far. Greedy text must
+    equal an undisturbed run."""
+    from bucket_scheduler.core.memory import ScriptedProbe
+
+    prompts = [PROMPTS[i % len(PROMPTS)] * (1 + i % 2) for i in range(4)]
+    eng = make_engine(policy="continuous").start()
+    try:
+        reference = run_all(eng, [req(f"ref{i}", p, max_tokens=40) for i, p in enumerate(prompts)])
+        # Free memory reads 0 for 15 probe reads (about one per engine step) once the
+        # sixth output is out, then comes back.
+        state = {"outputs": 0, "squeeze_left": 0}
+
+        def free_bytes():
+            if state["squeeze_left"] > 0:
+                state["squeeze_left"] -= 1
+                return 0
+            return 10**10
+
+        eng.planner.probe = ScriptedProbe(free_bytes)
+        sink = Collector()
+
+        def on_output(out):
+            sink(out)
+            state["outputs"] += 1
+            if state["outputs"] == 6:
+                state["squeeze_left"] = 15
+
+        for i, p in enumerate(prompts):
+            eng.submit(req(f"p{i}", p, max_tokens=40, stream=True), on_output)
+        sink.wait(len(prompts))
+        assert eng.stats().counters.preemptions > 0
+        for i in range(len(prompts)):
+            assert sink.text(f"p{i}") == reference.final(f"ref{i}").delta_text
+            assert sink.final(f"p{i}").num_output_tokens == 40
+    finally:
+        eng.shutdown(timeout_s=5)
+
+
+def test_max_model_len_beyond_the_model_is_refused():
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        make_engine(max_model_len=10**6)

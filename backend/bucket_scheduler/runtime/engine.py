@@ -124,6 +124,11 @@ class Engine:
         # encoding never share a Rust tokenizer with it.
         self._detok_tokenizer = _load_tokenizer(self.model_path, config.trust_remote_code)
         self.model = model
+        text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        max_pos = getattr(text_cfg, "max_position_embeddings", None)
+        if max_pos and config.max_model_len > max_pos:
+            raise ValueError(f"max_model_len {config.max_model_len} is more than this model's "
+                             f"max_position_embeddings {max_pos}; lower max_model_len")
         self.runner = Runner(model, self._detok_tokenizer)
         self.eos_ids = _eos_ids(model, self.tokenizer)
         self.kv_spec = kv_spec_from_config(model.config, self.dtype)
