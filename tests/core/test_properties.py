@@ -117,9 +117,9 @@ class BucketMachine(SchedulerMachine):
         # online before offline: an offline admission leaves no online request waiting in
         # its bucket, and a fresh batch starts with an online request when one is waiting
         admitted = out.prefill
-        if admitted and not was_running and any(
-            self.accepted[rid].is_online for rid in waiting_before if self.accepted[rid].state is not RequestState.CANCELLED
-        ):
+        before = [self.accepted[rid] for rid in waiting_before]
+        starving = any(self.now - r.arrival_time > self.sched.max_wait_s for r in before)  # the guard may win
+        if admitted and not was_running and not starving and any(r.is_online for r in before):
             assert admitted[0].is_online
         if any(not r.is_online for r in admitted):
             b = mgr.bucket_for(admitted[0].seq_len)
