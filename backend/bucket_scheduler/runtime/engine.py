@@ -20,7 +20,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -350,8 +350,6 @@ class Engine:
                 raise InvalidRequest(f"{name} must be > 0 when set, got {v!r}")
         if max_tokens == s.max_tokens and stop == s.stop:
             return s
-        from dataclasses import replace
-
         return replace(s, max_tokens=max_tokens, stop=stop)
 
     def _tokenize(self, req: GenerationRequest) -> tuple[str, list[int]]:

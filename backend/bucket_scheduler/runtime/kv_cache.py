@@ -160,10 +160,9 @@ class BatchKV:
         rows_needed = self.n + count
         rows_cap = self.rows_cap if rows_needed <= self.rows_cap else _round_up(rows_needed, _ROW_ALIGN)
         if self.n == 0:
-            # Empty batch: start at column 0 with headroom for decoding.
+            # Empty batch (trim() freed the buffers): fresh ones with headroom for decoding.
             self.start = self.end = 0
-            if rows_cap != self.rows_cap or prompt_width + 1 > self.cols_cap or self.cols_cap > 4 * self._headroom(prompt_width):
-                self._realloc(rows_cap, self._headroom(prompt_width), 0)
+            self._realloc(rows_cap, self._headroom(prompt_width), 0)
             self.start, self.end = 0, prompt_width
         elif rows_cap != self.rows_cap or self.end - new_width < 0 or self.end + 1 > self.cols_cap:
             # Move the window so that it ends at new_width (its left side gets padding).
