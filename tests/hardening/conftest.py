@@ -59,7 +59,7 @@ def _number(text: str):
     return text
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped before other test directories start their servers
 def hserver(tmp_path_factory):
     srv = launch(tmp_path_factory, "hardening-run", SETTINGS)
     try:

@@ -47,6 +47,18 @@ class ServerUnderTest:
         s = self.metrics()
         return {o: self.counter(o, s) for o in ("success", "invalid", "rejected", "cancelled", "error")}
 
+    def settled_outcomes(self, timeout_s: float = 60.0) -> dict[str, float]:
+        """Outcome counters once nothing is in flight and they have stopped moving (the sender
+        counts a request just after it sends the final, so a client can be a moment ahead)."""
+        assert wait_until(self.idle, timeout_s), self.metrics()
+        last = self.outcomes()
+        while True:
+            time.sleep(0.5)
+            now = self.outcomes()
+            if now == last:
+                return now
+            last = now
+
     def idle(self) -> bool:
         s = self.metrics()
         return all(self.gauge(g, s) == 0 for g in GAUGES)

@@ -30,7 +30,7 @@ def fault_server(tmp_path_factory):
 def test_a_fault_fails_only_its_batch_and_the_engine_keeps_serving(fault_server):
     srv = fault_server
     client = GrpcClient(srv.grpc_url(), srv.model)
-    before = srv.outcomes()
+    before = srv.settled_outcomes()
     bad = client.generate(f"please fail {FAULT_MARKER}", max_tokens=8, timeout_s=60)
     assert bad.status == "error" and "injected fault" in bad.error, bad
     assert client.generate("fine again", max_tokens=5, ignore_eos=True).num_output_tokens == 5
@@ -45,7 +45,7 @@ def test_a_fault_fails_only_its_batch_and_the_engine_keeps_serving(fault_server)
     r = running.result(60)
     assert r.status == "error" and "injected fault" in r.error, r
     assert all(q.result(60).num_output_tokens == 6 for q in queued)
-    after = srv.outcomes()
+    after = srv.settled_outcomes()
     assert after["error"] - before["error"] == 3 and after["success"] - before["success"] == 4, (before, after)
     assert wait_until(srv.idle, 30)
     assert srv.handle.alive() and srv.handle.ready()
