@@ -15,7 +15,7 @@ bucket/static and bucket/continuous.
 Raw speed (--raw): prefill tokens/s and decode tokens/s with --batch sequences running,
 per dtype, next to this machine's matmul limit and plain transformers generate().
 
-  python benchmarks/engine_bench.py --trace ../shared/data/azure_llm_2023_conv.csv
+  python benchmarks/engine_bench.py --trace data/azure_llm_2023_conv.csv
   python benchmarks/engine_bench.py --raw
   python benchmarks/engine_bench.py --quick          # tiny model, a few requests (CI smoke)
   python benchmarks/engine_bench.py --device cuda    # the same on a GPU
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TRACE = REPO.parent / "shared" / "data" / "azure_llm_2023_conv.csv"
+DEFAULT_TRACE = REPO / "data" / "azure_llm_2023_conv.csv"
 POLICIES = ("bucket", "static", "continuous", "uellm")
 # Scheduler options this benchmark uses unless --option says otherwise (each run prints its
 # own). For the bucket policy on this runtime: the paper's Algorithm 1 boundaries (a bucket

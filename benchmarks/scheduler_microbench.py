@@ -1,6 +1,6 @@
 """Decision time of one schedule() call with 10, 1,000 and 10,000 waiting requests.
 
-    python benchmarks/scheduler_microbench.py [--trace ../shared/data/azure_llm_2023_conv.csv]
+    python benchmarks/scheduler_microbench.py [--trace data/azure_llm_2023_conv.csv]
         [--policies bucket,static,continuous,uellm] [--steps 2000] [--json]
 
 Steady state: the queue is filled to N, then every step one running request

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
-# Relative to the repository root; the CLI's --trace overrides it.
-DEFAULT_TRACES = ("../shared/data/azure_llm_2023_conv.csv", "../shared/data/azure_llm_2023_code.csv")
+# The traces shipped in the repository's data/ folder; the CLI's --trace overrides them.
+_DATA = Path(__file__).resolve().parents[2] / "data"
+DEFAULT_TRACES = (str(_DATA / "azure_llm_2023_conv.csv"), str(_DATA / "azure_llm_2023_code.csv"))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_bench.py"
-TRACE = SCRIPT.parents[2] / "shared" / "data" / "azure_llm_2023_conv.csv"
+TRACE = SCRIPT.parents[1] / "data" / "azure_llm_2023_conv.csv"
 
 
 def load_bench():

@@ -1,6 +1,6 @@
 """Replay a request-length trace through a scheduler on the cost-model clock.
 
-    python -m bucket_scheduler.replay --trace ../shared/data/azure_llm_2023_conv.csv --policy bucket [--json]
+    python -m bucket_scheduler.replay --trace data/azure_llm_2023_conv.csv --policy bucket [--json]
 
 The trace is a CSV with TIMESTAMP, ContextTokens, GeneratedTokens (the Azure LLM
 inference traces).  Each row becomes a request arriving at its timestamp
