@@ -80,15 +80,28 @@ class ServerUnderTest:
         return self.handle.grpc_url
 
 
+# tritonserver's gRPC core may start a thread the first time a storm needs it and keep it (seen:
+# 63 -> 64 once after 1,460 cancels, then 64 through a 99,490-request overload): a pool, not a
+# leak. A leak grows with the work; this allowance does not. Our stub gets none.
+POOL_ALLOWANCE = {"server_threads": 2, "server_fds": 2, "stub_threads": 0, "stub_fds": 0}
+
+
+def returned(reading: dict[str, int], baseline: dict[str, int]) -> bool:
+    return all(reading[k] <= baseline[k] + POOL_ALLOWANCE[k] for k in baseline)
+
+
 def back_to(server: ServerUnderTest, baseline: dict[str, int], timeout_s: float = 60.0) -> dict[str, int]:
-    """Wait until threads and fds are back at (or below) the baseline; return the last reading."""
+    """Wait until threads and fds are back at their idle counts (within POOL_ALLOWANCE); return
+    the last reading."""
     last = {}
 
     def ok():
         last.update(server.resources())
         return all(last[k] <= baseline[k] for k in baseline)
 
-    wait_until(ok, timeout_s, 0.5)
+    if not wait_until(ok, timeout_s / 2, 0.5):
+        wait_until(lambda: returned(server.resources(), baseline), timeout_s / 2, 0.5)
+        last.update(server.resources())
     return dict(last)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bucketserve_client import HttpClient
 
-from .helpers import back_to, planned_bytes, wait_until
+from .helpers import back_to, planned_bytes, returned, wait_until
 from .overload import MAX_TOKENS, measure_capacity, open_loop, ready
 from .test_cancellation import warm_up
 
@@ -70,7 +70,7 @@ def run_overload(server, seconds: float) -> dict:
     assert after["rejected"] - before["rejected"] == tally.count("rejected"), (before, after, report)
     assert after["error"] == before["error"], (before, after)
     report["resources_idle"], report["resources_after"] = baseline, back_to(server, baseline, 60)
-    assert all(report["resources_after"][k] <= baseline[k] for k in baseline), report
+    assert returned(report["resources_after"], baseline), report
     return report
 
 
