@@ -38,12 +38,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = REPO / "data" / "azure_llm_2023_conv.csv"
 POLICIES = ("bucket", "static", "continuous", "uellm")
-# Scheduler options this benchmark uses unless --option says otherwise (each run prints its
-# own). For the bucket policy on this runtime: the paper's Algorithm 1 boundaries (a bucket
-# splits only once it holds more than a batch) and no refill padding target, because the
-# runner computes decode steps on real tokens only (padding costs attention, not the
-# matmuls); the core's defaults cut batches to a few rows here (docs/benchmarks.md).
-DEFAULT_OPTIONS = {"bucket": {"bucket_mode": "algorithm1", "refill_padding_target": 0.0}}
 # This CPU (2 cores), measured by the project: fp32 and bf16 matmul peaks.
 REFERENCE_PEAK_GFLOPS = {"float32": 177.0, "bfloat16": 419.0}
 
@@ -287,7 +281,7 @@ def trace_mode(args) -> dict:
     sys.stdout.flush()
     results = []
     for policy in args.policies.split(","):
-        options = json.loads(args.options[policy]) if policy in args.options else DEFAULT_OPTIONS.get(policy, {})
+        options = json.loads(args.options[policy]) if policy in args.options else {}
         r = run_policy(args, policy, workload, prompts, options)
         print(f"  {policy}: {r.out_tok_s:.1f} output tok/s in {r.duration_s:.1f} s (options {options or 'defaults'})",
               flush=True)

@@ -54,6 +54,11 @@ MAX_CONSECUTIVE_FAULTS = 3  # past this many failed steps in a row, `healthy` tu
 FAULT_ENV = "BUCKETSERVE_TEST_FAULTS"
 FAULT_MARKER = "<<bucketserve-injected-fault>>"
 MAX_STOP_STRINGS = 16
+# This runner computes decode matmuls on real tokens only (padding costs only masked
+# attention), so full batches matter more than tight ones: unless told otherwise the bucket
+# policy uses the paper's Algorithm 1 boundaries and no refill padding target (measured in
+# docs/benchmarks.md, Engine). The core's own defaults suit a fully padded runtime.
+RUNTIME_SCHEDULER_DEFAULTS = {"bucket": {"bucket_mode": "algorithm1", "refill_padding_target": 0.0}}
 OnOutput = Callable[[RequestOutput], None]
 
 
@@ -135,7 +140,8 @@ class Engine:
         probe = make_probe(config.memory_probe, device=self.device)
         self.planner = MemoryPlanner(self.kv_spec, probe, memory_fraction=config.memory_fraction)
         self.scheduler = make_scheduler(
-            config.policy, self.planner, config.max_model_len, config.max_num_seqs, **config.scheduler_options
+            config.policy, self.planner, config.max_model_len, config.max_num_seqs,
+            **{**RUNTIME_SCHEDULER_DEFAULTS.get(config.policy, {}), **config.scheduler_options},
         )
         # Re-entrant: on_output runs under it, and a callback may call cancel() or submit().
         self._lock = threading.RLock()
