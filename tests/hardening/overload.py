@@ -114,3 +114,24 @@ def ready(http_url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+class GrpcReadiness:
+    """Server and model readiness over gRPC. The overload test asks this way: GET
+    /v2/health/ready on the HTTP port while it carries an HTTP overload makes Triton 2.51's HTTP
+    front end lose generate answers the model has sent (docs/reliability.md, open issues)."""
+
+    def __init__(self, url: str, model: str):
+        import tritonclient.grpc as grpcclient
+
+        self._client = grpcclient.InferenceServerClient(url)
+        self._model = model
+
+    def __call__(self) -> bool:
+        try:
+            return self._client.is_server_ready() and self._client.is_model_ready(self._model)
+        except Exception:  # noqa: BLE001 - not answering is not ready
+            return False
+
+    def close(self) -> None:
+        self._client.close()

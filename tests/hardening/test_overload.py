@@ -12,7 +12,7 @@ import pytest
 from bucketserve_client import HttpClient
 
 from .helpers import back_to, planned_bytes, returned, wait_until
-from .overload import MAX_TOKENS, measure_capacity, open_loop, ready
+from .overload import MAX_TOKENS, GrpcReadiness, measure_capacity, open_loop
 from .test_cancellation import warm_up
 
 FACTOR = 3.0
@@ -39,7 +39,7 @@ def run_overload(server, seconds: float) -> dict:
         s = server.metrics()
         kv, budget = server.gauge("bucketserve_kv_bytes_in_use", s), server.gauge("bucketserve_kv_budget_bytes", s)
         samples["n"] += 1
-        samples["not_ready"] += 0 if ready(server.handle.http_url) else 1
+        samples["not_ready"] += 0 if ready() else 1
         samples["over_budget"] += 1 if kv > budget else 0
         samples["peak_batch"] = max(samples["peak_batch"], server.gauge("bucketserve_batch_size", s))
         if kv >= samples["peak_kv"]:
@@ -48,7 +48,11 @@ def run_overload(server, seconds: float) -> dict:
         samples["peak_queue"] = max(samples["peak_queue"], server.gauge("bucketserve_queue_requests", s))
         samples["peak_stub_rss"] = max(samples["peak_stub_rss"], sum(p.memory_info().rss for p in stub))
 
-    tally = open_loop(url, rate=FACTOR * capacity, seconds=seconds, sample=sample)
+    ready = GrpcReadiness(server.grpc_url(), server.model)
+    try:
+        tally = open_loop(url, rate=FACTOR * capacity, seconds=seconds, sample=sample)
+    finally:
+        ready.close()
     answered = tally.count("success") + tally.count("rejected")
     report = {
         "capacity_rps": round(capacity, 1), "offered_rps": round(FACTOR * capacity, 1), "seconds": seconds,
