@@ -93,7 +93,7 @@ def markdown(report: dict) -> str:
     w = report["workload"]
     slo = report["slo"]
     lines.append(f"Workload: {w['summary']['num_requests']} requests ({w['summary']['online']} online, {w['summary']['offline']} offline), "
-                 f"traces {', '.join(w['traces'])}; {w['shaping']}; seed {w['seed']}.")
+                 f"traces {', '.join(Path(t).name for t in w['traces'])}; {w['shaping']}; seed {w['seed']}.")
     lines.append(f"SLO: TTFT <= {slo['slo_ttft_ms']:.0f} ms, TPOT <= {slo['slo_tpot_ms']:.1f} ms ({slo.get('how', 'fixed')}).")
     lines.append("")
     lines.append("| system | rate at 80% SLO (req/s) | best goodput (req/s) | saturated output tok/s | saturated total tok/s | padding efficiency (saturated) |")
