@@ -125,3 +125,15 @@ def test_run_padding_efficiency_from_cumulative_ratio():
     assert run_padding_efficiency(fresh, {"bucketserve_padding_efficiency": 0.5, "bucketserve_prompt_tokens_total": 10.0}) == pytest.approx(0.5)
     assert run_padding_efficiency(before, before) is None  # nothing ran
     assert run_padding_efficiency({}, {}) is None
+
+
+def test_ratio_against_a_system_that_misses_at_every_rate_is_a_lower_bound():
+    systems = [
+        _system("bucket", [(0.5, 0.9), (1.0, 0.85), (1.5, 0.6)], [0.5, 0.9, 0.8], 20.0),
+        _system("uellm", [(0.5, 0.5), (1.0, 0.1), (1.5, 0.1)], [0.3, 0.2, 0.2], 10.0),
+    ]
+    head = headline(systems)
+    assert head["uellm"]["rate_at_slo_bound"] == "below"
+    r = ratios(head)["uellm"]
+    assert r["rate_at_slo_at_least"] == pytest.approx(head["bucket"]["rate_at_slo"] / 0.5)
+    assert r["goal"]["ratio"] == r["rate_at_slo_at_least"] and r["goal"]["met"] is True
