@@ -11,13 +11,12 @@ recently admitted requests are preempted and recomputed later (vLLM's recompute)
 from __future__ import annotations
 
 from .base import SchedulerBase
-from .fifo import FifoQueue
+from .fifo import FifoQueue, FifoWaiting
 from .interface import SchedulerOutput
 from .memory import MemoryPlanner
-from .request import Request
 
 
-class ContinuousScheduler(SchedulerBase):
+class ContinuousScheduler(FifoWaiting, SchedulerBase):
     policy_name = "continuous"
 
     def __init__(
@@ -30,15 +29,6 @@ class ContinuousScheduler(SchedulerBase):
         super().__init__(planner, max_model_len, max_num_seqs)
         self.max_num_batched_tokens = max_num_batched_tokens or max(max_model_len, 2048)
         self.queue = FifoQueue()
-
-    def _enqueue(self, req: Request, requeue: bool) -> None:
-        self.queue.push(req, front=requeue)
-
-    def _dequeue(self, req: Request) -> None:
-        self.queue.discard(req)
-
-    def _num_waiting(self) -> int:
-        return len(self.queue)
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
         shape = self.running_shape()

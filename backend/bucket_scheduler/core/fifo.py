@@ -41,3 +41,18 @@ class FifoQueue:
         self._clean()
         self.count -= 1
         return self._q.popleft()
+
+
+class FifoWaiting:
+    """Mixin for schedulers whose waiting requests sit in one `self.queue` (a FifoQueue)."""
+
+    queue: FifoQueue
+
+    def _enqueue(self, req: Request, requeue: bool) -> None:
+        self.queue.push(req, front=requeue)
+
+    def _dequeue(self, req: Request) -> None:
+        self.queue.discard(req)
+
+    def _num_waiting(self) -> int:
+        return len(self.queue)

@@ -13,13 +13,12 @@ memory budget, so no policy is allowed to run out of memory.
 from __future__ import annotations
 
 from .base import SchedulerBase
-from .fifo import FifoQueue
+from .fifo import FifoQueue, FifoWaiting
 from .interface import SchedulerOutput
 from .memory import BatchShape, MemoryPlanner
-from .request import Request
 
 
-class StaticScheduler(SchedulerBase):
+class StaticScheduler(FifoWaiting, SchedulerBase):
     policy_name = "static"
 
     def __init__(
@@ -36,15 +35,6 @@ class StaticScheduler(SchedulerBase):
         self.batch_size = min(max_batch_size, max_num_seqs)
         self.max_queue_delay_s = max_queue_delay_s
         self.queue = FifoQueue()
-
-    def _enqueue(self, req: Request, requeue: bool) -> None:
-        self.queue.push(req, front=requeue)
-
-    def _dequeue(self, req: Request) -> None:
-        self.queue.discard(req)
-
-    def _num_waiting(self) -> int:
-        return len(self.queue)
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
         if self.running or not len(self.queue):
