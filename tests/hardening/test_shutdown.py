@@ -15,21 +15,10 @@ import time
 from bucket_scheduler.serving.launcher import drain_timeout_for, free_port
 from bucketserve_client import GrpcClient
 
+from integration.helpers import process_gone
 from .helpers import wait_until
 
 EXIT_TIMEOUT_S = 10
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
@@ -63,10 +52,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
             assert r.status == "error" and "shutting down" in r.error, r
             assert f"drain_timeout_s={drain_timeout_for(EXIT_TIMEOUT_S):g}" in r.error
         assert cli.wait(EXIT_TIMEOUT_S + 30) == 0, log.read_text()
-        assert wait_until(lambda: _gone(server_pid), 10)
+        assert wait_until(lambda: process_gone(server_pid), 10)
         assert "server exited with code 0" in log.read_text()
     finally:
         if cli.poll() is None:
             cli.kill()
-        if server_pid and not _gone(server_pid):
+        if server_pid and not process_gone(server_pid):
             os.killpg(server_pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import urllib.request
@@ -38,3 +39,16 @@ def wait_until(fn, timeout_s: float = 30.0, every_s: float = 0.1):
         time.sleep(every_s)
         result = fn()
     return result
+
+
+def process_gone(pid: int) -> bool:
+    """True once pid has exited (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -15,7 +15,7 @@ import pytest
 from bucket_scheduler.serving.launcher import free_port
 from bucketserve_client import GrpcClient
 
-from .helpers import wait_until
+from .helpers import process_gone, wait_until
 
 
 def _ready(http_port):
@@ -24,19 +24,6 @@ def _ready(http_port):
             return r.status == 200
     except OSError:
         return False
-
-
-def _gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie is gone for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -63,11 +50,11 @@ def test_serve_applies_flags_and_stops_cleanly_on_signal(tmp_path, sig):
         assert wait_until(lambda: "[bucketserve] serving" in log.read_text(), 30)  # past start-up: the forwarding path
         cli.send_signal(sig)
         assert cli.wait(60) == 0, log.read_text()
-        assert wait_until(lambda: _gone(server_pid), 10)
+        assert wait_until(lambda: process_gone(server_pid), 10)
         assert "server exited with code 0" in log.read_text()
     finally:
         if cli.poll() is None:
             cli.kill()
-        if server_pid and not _gone(server_pid):
+        if server_pid and not process_gone(server_pid):
             os.killpg(server_pid, signal.SIGKILL)
             time.sleep(0.5)
