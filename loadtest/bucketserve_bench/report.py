@@ -151,22 +151,26 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
     systems = [s for s in report["systems"] if not s.get("skipped")]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for s in systems:
-        pts = sorted((r["rate"], r["slo_attainment"]) for r in s["runs"] if r["mode"] == "rate" and r["slo_attainment"] is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=s["name"])
-    ax.axhline(100 * report["config"]["target_attainment"], color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("request rate (req/s, Poisson)")
-    ax.set_ylabel("SLO attainment of online requests (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title("SLO attainment vs request rate")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "slo_attainment_vs_rate.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    def rate_plot(value, line, xlabel, ylabel, title, name, **axes):
+        """One line per system: `value(run)` over the swept rates, a grey line at the target."""
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for s in systems:
+            pts = sorted((r["rate"], value(r)) for r in s["runs"] if r["mode"] == "rate" and value(r) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s["name"])
+        ax.axhline(line, color="grey", linestyle="--", linewidth=1)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **axes)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / name)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    rate_plot(lambda r: None if r["slo_attainment"] is None else 100 * r["slo_attainment"],
+              100 * report["config"]["target_attainment"], "request rate (req/s, Poisson)",
+              "SLO attainment of online requests (%)", "SLO attainment vs request rate",
+              "slo_attainment_vs_rate.png", ylim=(-2, 102))
 
     head = report["headline"]
     names = [n for n in head if head[n]["offline_output_tokens_per_s"] is not None]
@@ -213,20 +217,6 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for s in systems:
-        pts = sorted((r["rate"], r["ttft_ms"]["p99"]) for r in s["runs"] if r["mode"] == "rate" and r["ttft_ms"]["p99"] is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s["name"])
-    ax.axhline(report["slo"]["slo_ttft_ms"], color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("request rate (req/s)")
-    ax.set_ylabel("TTFT p99 (ms)")
-    ax.set_yscale("log")
-    ax.set_title("Tail time to first token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "ttft_p99_vs_rate.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    rate_plot(lambda r: r["ttft_ms"]["p99"], report["slo"]["slo_ttft_ms"], "request rate (req/s)",
+              "TTFT p99 (ms)", "Tail time to first token", "ttft_p99_vs_rate.png", yscale="log")
     return paths
