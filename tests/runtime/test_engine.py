@@ -226,6 +226,71 @@ def test_model_fault_fails_only_that_batch_and_keeps_serving():
         eng.shutdown(timeout_s=5)
 
 
+def test_extreme_sampling_values_beside_greedy_all_finish(engine):
+    """Valid extremes batched with a greedy request: nobody fails, the engine stays healthy."""
+    alone = run_all(engine, [req("alone", PROMPTS[1], max_tokens=8)]).text("alone")
+    faults = engine.counters.faults
+    extremes = [dict(temperature=1e-40), dict(temperature=5e-324), dict(temperature=100.0, top_k=2**31 - 1),
+                dict(temperature=1.0, top_p=1e-45, seed=2**63 - 1), dict(temperature=1e-40, min_tokens=8)]
+    reqs = [req(f"x{i}", PROMPTS[i % 4], sampling=SamplingParams(max_tokens=8, ignore_eos=True, **kw))
+            for i, kw in enumerate(extremes)]
+    sink = run_all(engine, reqs + [req("greedy", PROMPTS[1], max_tokens=8)])
+    assert all(sink.final(r.request_id).finish_reason == "length" for r in reqs)
+    assert sink.text("greedy") == alone
+    assert engine.healthy and engine.counters.faults == faults
+
+
+def test_a_request_whose_sampling_fails_ends_alone(monkeypatch):
+    """A failure in one request's own sampling fails that request only and is no engine fault."""
+    import bucket_scheduler.runtime.runner as runner_mod
+
+    real = runner_mod.sample_row
+
+    def flaky(logits, params, generator):
+        if params.seed == 13:
+            raise RuntimeError("bad row")
+        return real(logits, params, generator)
+
+    monkeypatch.setattr(runner_mod, "sample_row", flaky)
+    eng = make_engine(policy="continuous").start()
+    try:
+        bad = req("bad", PROMPTS[0], sampling=SamplingParams(max_tokens=8, ignore_eos=True, temperature=1.0, seed=13))
+        good = [req(f"ok{i}", PROMPTS[i], max_tokens=8) for i in range(3)]
+        sink = run_all(eng, [bad, *good])
+        assert sink.final("bad").finish_reason == "error" and "bad row" in sink.final("bad").error_message
+        assert all(sink.final(f"ok{i}").finish_reason == "length" for i in range(3))
+        assert eng.healthy and eng.counters.faults == 0
+    finally:
+        eng.shutdown(timeout_s=5)
+
+
+def test_unhealthy_engine_recovers_by_itself_after_a_canary():
+    """Faults that are no request's input make the engine unhealthy; while they last the
+    canary fails too; once they stop, the engine is healthy again without a restart."""
+    eng = make_engine(policy="continuous", fault_backoff_s=0.2).start()
+    try:
+        broken = {"on": True}
+
+        def hook(phase, seqs):
+            if broken["on"]:
+                raise RuntimeError(f"device lost ({phase})")
+
+        eng.runner.fault_hook = hook
+        for i in range(MAX_CONSECUTIVE_FAULTS):
+            assert run_all(eng, [req(f"g{i}", PROMPTS[0], max_tokens=4)]).final(f"g{i}").finish_reason == "error"
+        assert not eng.healthy
+        time.sleep(1.0)  # several canaries ran, and failed
+        assert not eng.healthy and eng.retry_in_s() > 0
+        broken["on"] = False
+        deadline = time.monotonic() + 10
+        while not eng.healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eng.healthy
+        assert run_all(eng, [req("ok", PROMPTS[0], max_tokens=4)]).final("ok").finish_reason == "length"
+    finally:
+        eng.shutdown(timeout_s=5)
+
+
 def test_overloaded_when_queue_full_and_when_shutting_down():
     eng = make_engine(max_queue_requests=2)  # not started: nothing leaves the queue
     sink = Collector()

@@ -84,3 +84,30 @@ def test_seeded_request_is_the_same_in_any_batch(tiny):
     together = run([0, 1, 2, 3])
     for i in range(4):
         assert run([i])[f"r{i}"] == together[f"r{i}"]
+
+
+def test_extreme_but_valid_values_never_produce_nan_or_raise():
+    """Every value validation accepts: a temperature below MIN_TEMPERATURE is greedy (1e-40
+    used to overflow to inf logits, NaN probabilities and a raising torch.multinomial)."""
+    logits = _logits(6, 300).to(torch.bfloat16)
+    greedy = logits.float().argmax(-1).tolist()
+    params = [
+        SamplingParams(temperature=1e-40),
+        SamplingParams(temperature=5e-324),
+        SamplingParams(temperature=float(torch.finfo(torch.float32).tiny) / 2),  # a float32 denormal
+        SamplingParams(temperature=100.0, top_k=2**31 - 1),
+        SamplingParams(temperature=1.0, top_p=float(torch.finfo(torch.float32).tiny)),
+        SamplingParams(temperature=1.0, top_p=1.0, top_k=1),
+    ]
+    gens = [make_generator(2**63 - 1, "cpu") for _ in params]
+    got = sample(logits, params, gens)
+    assert got[:3] == greedy[:3]  # below the floor: greedy
+    assert 0 <= got[3] < 300
+    assert got[4] == greedy[4] and got[5] == greedy[5]  # top_p at its floor / top_k 1 keep only the best
+
+
+def test_non_finite_logits_fall_back_to_the_argmax():
+    logits = _logits(1, 50)
+    logits[0, 7] = float("inf")
+    got = sample(logits, [SamplingParams(temperature=0.7)], [make_generator(1, "cpu")])
+    assert got == [7]

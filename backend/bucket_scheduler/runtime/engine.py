@@ -43,15 +43,19 @@ from .cpu_linear import prepack_linears
 from .detokenizer import IncrementalDetokenizer
 from .models import kv_spec_from_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .runner import Runner
-from .sampling import make_generator
+from .sampling import is_greedy, make_generator
 from .sequence import Sequence
 
 log = logging.getLogger("bucketserve.engine")
 
-MAX_CONSECUTIVE_FAULTS = 3  # past this many failed steps in a row, `healthy` turns False
+MAX_CONSECUTIVE_FAULTS = 3  # past this many failed model steps in a row, `healthy` turns False
+MAX_BACKOFF_FACTOR = 16  # canary retries back off from fault_backoff_s up to 16x it
 # Test-only fault injection, off unless this environment variable is "1": a model step whose
-# batch holds a prompt containing FAULT_MARKER raises (see docs/reliability.md).
+# batch holds a prompt containing FAULT_MARKER raises, and while the file named by
+# FAULT_FILE_ENV exists every model step (the health canary included) raises: a fault that
+# is not any request's input (see docs/reliability.md).
 FAULT_ENV = "BUCKETSERVE_TEST_FAULTS"
+FAULT_FILE_ENV = "BUCKETSERVE_TEST_FAULT_FILE"
 FAULT_MARKER = "<<bucketserve-injected-fault>>"
 MAX_STOP_STRINGS = 16
 # This runner computes decode matmuls on real tokens only (padding costs only masked
@@ -155,11 +159,14 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._consecutive_faults = 0
+        self._canary_at = 0.0  # when unhealthy: the next health canary's time
+        self._backoff_s = config.fault_backoff_s
         self._drain_deadline: float | None = None
         self._next_drain_check = 0.0
         self._last_step: StepStats | None = None
         self._last_step_s = 0.0
         self.counters = EngineCounters()
+        self._fault_file = os.environ.get(FAULT_FILE_ENV, "")
         if os.environ.get(FAULT_ENV) == "1":
             log.warning("%s=1: test fault injection is on", FAULT_ENV)
             self.runner.fault_hook = self._injected_fault
@@ -203,6 +210,10 @@ class Engine:
         alive = self._thread is None or self._thread.is_alive() or self._stop
         return alive and self._consecutive_faults < MAX_CONSECUTIVE_FAULTS
 
+    def retry_in_s(self) -> float:
+        """When unhealthy: seconds until the engine tries a canary step to recover."""
+        return max(0.0, self._canary_at - time.monotonic())
+
     # -- the API ---------------------------------------------------------------------------
     def submit(self, req: GenerationRequest, on_output: OnOutput) -> None:
         """Validate and enqueue; raises InvalidRequest or Overloaded, else the request is
@@ -239,7 +250,7 @@ class Engine:
             params=params,
             eos_ids=self.eos_ids,
             detok=IncrementalDetokenizer(self._detok_tokenizer, prompt_ids),
-            generator=make_generator(params.seed, self.device) if params.temperature > 0 else None,
+            generator=None if is_greedy(params) else make_generator(params.seed, self.device),
         )
         live = _Live(gen=req, core=core, seq=seq, on_output=on_output, prompt_text=prompt_text)
         with self._lock:
@@ -377,9 +388,12 @@ class Engine:
     def _loop(self) -> None:
         while True:
             self._check_drain()
+            self._check_health()
             with self._lock:
                 while not self._stop and not self._cancels and not self.scheduler.has_work():
-                    self._wake.wait(timeout=0.5)
+                    self._wake.wait(timeout=0.5 if self.healthy else min(0.5, max(0.01, self.retry_in_s())))
+                    if not self.healthy and self.retry_in_s() <= 0:
+                        break
                     if self.config.drain_file and self._drain_deadline is None:
                         break  # look for the drain file now and then while idle too
                 if self._stop:
@@ -390,8 +404,33 @@ class Engine:
                 self._step()
             except Exception:  # a bug outside the model call: fail what is live, keep serving
                 log.exception("engine step failed outside the model")
-                self._consecutive_faults += 1
+                self._count_fault()
                 self._fail_all("internal engine error", reset=True)
+
+    def _count_fault(self) -> None:
+        """A model step failed for a reason that is no request's input. Past
+        MAX_CONSECUTIVE_FAULTS in a row the engine is unhealthy (the model refuses requests)
+        until a canary step succeeds; canaries back off from fault_backoff_s."""
+        self.counters.faults += 1
+        self._consecutive_faults += 1
+        if self._consecutive_faults == MAX_CONSECUTIVE_FAULTS:
+            self._backoff_s = self.config.fault_backoff_s
+            self._canary_at = time.monotonic() + self._backoff_s
+            log.error("%d model steps failed in a row: unhealthy; canary step in %.1fs",
+                      self._consecutive_faults, self._backoff_s)
+
+    def _check_health(self) -> None:
+        if self.healthy or time.monotonic() < self._canary_at:
+            return
+        try:
+            self.runner.canary()
+        except Exception as exc:  # noqa: BLE001
+            self._backoff_s = min(self._backoff_s * 2, self.config.fault_backoff_s * MAX_BACKOFF_FACTOR)
+            self._canary_at = time.monotonic() + self._backoff_s
+            log.error("canary step failed (%s: %s); next try in %.1fs", type(exc).__name__, exc, self._backoff_s)
+            return
+        log.warning("canary step succeeded: healthy again, accepting requests")
+        self._consecutive_faults = 0
 
     def _check_drain(self) -> None:
         """Shutdown announced through config.drain_file: stop admission at once, fail what is
@@ -459,8 +498,7 @@ class Engine:
                 self._postprocess(decoded, time.monotonic())
         except Exception as exc:  # a model step failed: fail this batch only, keep serving
             log.exception("model step failed")
-            self.counters.faults += 1
-            self._consecutive_faults += 1
+            self._count_fault()
             victims = {lv.seq.request_id for lv in new} | {s.request_id for s in self.runner.rows}
             self.runner.reset()
             msg = f"model step failed: {type(exc).__name__}: {exc}"
@@ -492,7 +530,7 @@ class Engine:
                 if seq.finished:
                     self.runner.remove(seq.request_id)
                     self.scheduler.finish(seq.request_id, now)
-                    self._final(live, seq.finish_reason, now)
+                    self._final(live, seq.finish_reason, now, error=seq.error)
                 elif live.gen.stream:
                     delta = seq.take_delta()
                     if delta or not live.prefix_sent and not live.gen.exclude_input_in_output:
@@ -501,7 +539,10 @@ class Engine:
                                                        num_output_tokens=len(seq.output_ids)))
 
     def _injected_fault(self, phase: str, seqs) -> None:
-        """Test-only (FAULT_ENV=1): fail the step whose batch holds a marked prompt."""
+        """Test-only (FAULT_ENV=1): fail the step whose batch holds a marked prompt, and every
+        step while the fault file exists."""
+        if self._fault_file and os.path.exists(self._fault_file):
+            raise RuntimeError(f"injected fault in {phase} (test hook {FAULT_FILE_ENV})")
         for s in seqs:
             live = self._live.get(s.request_id)
             if live is not None and FAULT_MARKER in live.gen.prompt:

@@ -9,14 +9,17 @@ row's numbers do not depend on its neighbours or on the padding in front of it.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .kv_cache import BatchKV
-from .sampling import sample
+from .sampling import is_greedy, prepare_logits, sample_row
 from .sequence import Sequence
+
+log = logging.getLogger("bucketserve.runner")
 
 
 @dataclass
@@ -147,6 +150,16 @@ class Runner:
         self._sample_and_append(self.rows, logits)
 
     @torch.inference_mode()
+    def canary(self) -> None:
+        """A one-token forward outside the batch: can the model run at all (health check)?"""
+        if self.fault_hook:
+            self.fault_hook("canary", [])
+        ids = torch.tensor([[self.pad_id]], dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=ids, use_cache=False).logits
+        if not bool(torch.isfinite(logits.float()).all()):
+            raise RuntimeError("canary forward produced non-finite logits")
+
+    @torch.inference_mode()
     def remove(self, request_id: str) -> bool:
         """Drop a row now (finished, cancelled, preempted). False if it had none."""
         row = self.index.pop(request_id, None)
@@ -184,9 +197,16 @@ class Runner:
         return out.logits[:, -1, :]
 
     def _sample_and_append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Pick and append each row's token. A failure here is that request's own (its sampling
+        parameters, its text): it ends that request with an error, never its neighbours."""
         if self.on_logits:
             for s, row in zip(seqs, logits):
                 self.on_logits(s, row.float().cpu())
-        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.banned_ids() for s in seqs])
-        for s, t in zip(seqs, tokens):
-            s.append(t)
+        logits = prepare_logits(logits, [s.banned_ids() for s in seqs])
+        greedy = logits.argmax(dim=-1).tolist()
+        for i, s in enumerate(seqs):
+            try:
+                s.append(greedy[i] if is_greedy(s.params) else sample_row(logits[i], s.params, s.generator))
+            except Exception as exc:  # noqa: BLE001
+                log.exception("sampling failed for %s", s.request_id)
+                s.fail(f"sampling failed for this request: {type(exc).__name__}: {exc}")

@@ -2,6 +2,11 @@
 
 Greedy rows share one argmax; sampled rows go one by one because each has its own
 torch.Generator (a seeded request draws the same tokens whatever batch it lands in).
+
+NaN-proof for every value validation accepts: the math is float32, a temperature below
+MIN_TEMPERATURE is greedy (dividing by 1e-40 overflows to inf and softmax gives NaN; vLLM
+draws the same line at 1e-5), and a row whose probabilities are still not a distribution
+(a model that produced inf logits) falls back to its argmax instead of raising.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from .api import SamplingParams
+
+MIN_TEMPERATURE = 1e-5  # below this a temperature means greedy (README, "Request inputs")
 
 
 def make_generator(seed: int | None, device) -> torch.Generator:
@@ -18,6 +25,10 @@ def make_generator(seed: int | None, device) -> torch.Generator:
     else:
         gen.manual_seed(int(seed))
     return gen
+
+
+def is_greedy(params: SamplingParams) -> bool:
+    return params.temperature < MIN_TEMPERATURE
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -35,6 +46,26 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
+def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One sampled token from one row of float32 logits [V] (EOS bans already applied)."""
+    row = _filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
+    probs = torch.softmax(row, dim=-1)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
+        return int(logits.argmax().item())
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def prepare_logits(logits: torch.Tensor, banned: list[list[int] | None] | None = None) -> torch.Tensor:
+    """float32 logits with each row's banned ids (EOS before min_tokens) set to -inf."""
+    logits = logits.float()
+    if banned and any(banned):
+        logits = logits.clone()
+        for i, ids in enumerate(banned):
+            if ids:
+                logits[i, ids] = float("-inf")
+    return logits
+
+
 def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
@@ -43,17 +74,9 @@ def sample(
 ) -> list[int]:
     """logits: [n, V] (any float dtype). banned[i]: token ids row i may not pick now
     (EOS before min_tokens). Returns one token id per row."""
-    logits = logits.float()
-    if banned and any(banned):
-        logits = logits.clone()
-        for i, ids in enumerate(banned):
-            if ids:
-                logits[i, ids] = float("-inf")
+    logits = prepare_logits(logits, banned)
     out = logits.argmax(dim=-1).tolist()
     for i, p in enumerate(params):
-        if p.temperature <= 0.0:
-            continue
-        row = _filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
-        probs = torch.softmax(row, dim=-1)
-        out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
+        if not is_greedy(p):
+            out[i] = sample_row(logits[i], p, generators[i])
     return out

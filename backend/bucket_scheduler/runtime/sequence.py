@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .api import FINISH_LENGTH, FINISH_STOP, SamplingParams
+from .api import FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, SamplingParams
 from .detokenizer import IncrementalDetokenizer
 
 
@@ -22,6 +22,12 @@ class Sequence:
     text: str = ""  # output text so far, stop string removed
     emitted: int = 0  # characters of `text` handed out as deltas
     finish_reason: str | None = None
+    error: str | None = None  # why it ended with FINISH_ERROR
+
+    @property
+    def worst_tokens(self) -> int:
+        """The most KV tokens this sequence can ever hold (what the memory planner charges)."""
+        return len(self.prompt_ids) + self.params.max_tokens
 
     @property
     def input_ids(self) -> list[int]:
@@ -38,6 +44,11 @@ class Sequence:
         if len(self.output_ids) < self.params.min_tokens and not self.params.ignore_eos:
             return sorted(self.eos_ids)
         return None
+
+    def fail(self, message: str) -> None:
+        """End this sequence alone with an error (its own input made its step fail)."""
+        self.finish_reason = FINISH_ERROR
+        self.error = message
 
     def append(self, token_id: int) -> None:
         """Take one new token: update text and stop state."""

@@ -56,9 +56,10 @@ class TritonPythonModel:
             return
         if not self.engine.healthy:
             # Triton 2.51 gives a Python model no way to turn itself not-ready, so a model whose
-            # steps keep failing refuses work at once rather than fail it slowly (docs/reliability.md).
+            # steps keep failing refuses work at once rather than fail it slowly; the engine
+            # recovers by itself once a canary step succeeds (docs/reliability.md).
             message = (f"{self.name} is unhealthy: {self.engine.stats().consecutive_faults} model steps failed "
-                       "in a row; not accepting requests until the server is restarted")
+                       f"in a row; a health check runs in {self.engine.retry_in_s():.1f}s, retry after it")
             self.sender.fail(request_id, "UNAVAILABLE", message, "rejected", response_sender)
             return
         # Register before submit: the engine may answer before submit() returns.
