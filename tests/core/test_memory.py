@@ -25,10 +25,25 @@ def test_activation_estimate_grows_with_batch_and_length():
     assert kv.activation_bytes(1, 200) > one
 
 
-def test_budget_adds_back_kv_we_hold():
-    p = MemoryPlanner(KVSpec(1, 1, 1, 1), FixedProbe(1000), memory_fraction=0.5)
+def test_budget_adds_back_kv_we_hold_for_live_probes_only():
+    # A live probe no longer counts what we hold as free: it is added back.
+    p = MemoryPlanner(KVSpec(1, 1, 1, 1), ScriptedProbe([1000]), memory_fraction=0.5)
     assert p.budget_bytes() == 500
     assert p.budget_bytes(kv_bytes_in_use=200) == 600
+    # fixed: is all the memory there is, our KV included: adding it back would count it twice.
+    p = MemoryPlanner(KVSpec(1, 1, 1, 1), FixedProbe(1000), memory_fraction=0.5)
+    assert p.budget_bytes(kv_bytes_in_use=200) == p.budget_bytes() == 500
+
+
+def test_plan_follows_the_runtime_layout():
+    """Rows in multiples of row_align, plus one of realloc_tensors tensors for the peak."""
+    kv = KVSpec(2, 1, 1, 1, row_align=4, realloc_tensors=4)  # 4 bytes per token
+    p = MemoryPlanner(kv, FixedProbe(0))
+    assert p.planned_bytes(BatchShape.of([10, 30, 20])) == 4 * 30 * 4 + 4 * 30 * 4 // 4
+    assert p.planned_bytes(BatchShape.of([30] * 4)) == p.planned_bytes(BatchShape.of([30] * 3))
+    n = p.max_batch_size(tokens_per_seq=100, budget=5 * 400 * 5 // 4)  # room for 5 rows' worth
+    assert n == 4  # 5 would allocate 8 rows
+    assert p.fits(BatchShape(n, n * 100, 100), 2500) and not p.fits(BatchShape(n + 1, (n + 1) * 100, 100), 2500)
 
 
 def test_padded_and_per_request_accounting():

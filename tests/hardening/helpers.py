@@ -245,6 +245,8 @@ def planned_bytes(worst_tokens: list[int]) -> int:
     tiny test model (runtime.models.TinySpec: 2 layers, 2 KV heads of 16, hidden 64,
     intermediate 128, vocab 400) in float32, padded accounting."""
     from bucket_scheduler.core.memory import BatchShape, FixedProbe, KVSpec, MemoryPlanner
+    from bucket_scheduler.runtime.kv_cache import plan_spec
 
-    spec = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, dtype_bytes=4, hidden_size=64, intermediate_size=128, vocab_size=400)
+    spec = plan_spec(KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, dtype_bytes=4, hidden_size=64,
+                            intermediate_size=128, vocab_size=400))
     return MemoryPlanner(spec, FixedProbe(0)).planned_bytes(BatchShape.of(worst_tokens))

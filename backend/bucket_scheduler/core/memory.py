@@ -2,10 +2,14 @@
 
 KV bytes per token come from the model shape (KVSpec); the safe budget is a
 fraction of what a pluggable probe reports as free, plus the KV bytes the
-runner already holds for us (they are ours to reuse, and the probe no longer
+runner already holds for us (they are ours to reuse, and a live probe no longer
 counts them as free):
 
-    budget = memory_fraction * (probe.free_bytes() + kv_bytes_in_use)
+    budget = memory_fraction * (probe.free_bytes() + kv_bytes_in_use)   live probes
+    budget = memory_fraction * probe.free_bytes()                        fixed: / file:
+
+A fixed: or file: figure is all the memory there is for us, our KV included
+(it does not drop when we allocate), so adding what we hold would count it twice.
 
 Planned memory of a batch (the worst case it can ever reach):
 
@@ -13,7 +17,10 @@ Planned memory of a batch (the worst case it can ever reach):
     per_request            sum_i(prompt_i + max_new_i) * bytes_per_token + activations
 
 "padded" is the paper's formula (N x S_max, S_max including the tokens still
-to generate); it is what a padded runtime allocates.  "per_request" suits a
+to generate); it is what a padded runtime allocates. The KVSpec also carries the
+runtime's layout (rows allocated in multiples of row_align; the KV held in
+realloc_tensors equal tensors reallocated one at a time, so the plan reserves one
+of them for that peak): the plan is what the runner really allocates.  "per_request" suits a
 paged KV cache.  Each request is charged its actual prompt length (not its
 bucket's upper bound): the batch is padded to its longest member, which the
 max already covers.
@@ -53,6 +60,8 @@ class KVSpec:
     hidden_size: int = 0
     intermediate_size: int = 0
     vocab_size: int = 0
+    row_align: int = 1
+    realloc_tensors: int = 0  # 0: no reallocation peak to reserve (paged or simulated KV)
 
     @property
     def bytes_per_token(self) -> int:
@@ -78,9 +87,10 @@ class MemoryProbe(Protocol):
 
 
 class FixedProbe:
-    """A constant amount of free memory (tests, replay, `fixed:<bytes>`)."""
+    """A constant amount of memory for us, our KV included (tests, replay, `fixed:<bytes>`)."""
 
     name = "fixed"
+    includes_own_kv = True  # the figure does not drop when we allocate
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
@@ -121,6 +131,7 @@ class FileProbe:
     file reads as 0 free bytes (admit nothing new) rather than as plenty."""
 
     name = "file"
+    includes_own_kv = True
 
     def __init__(self, path: str):
         self.path = path
@@ -267,16 +278,27 @@ class MemoryPlanner:
         return req.prompt_len + req.max_new_tokens
 
     def budget_bytes(self, kv_bytes_in_use: int = 0) -> int:
-        return int(self.memory_fraction * (self.probe.free_bytes() + max(0, kv_bytes_in_use)))
+        held = 0 if getattr(self.probe, "includes_own_kv", False) else max(0, kv_bytes_in_use)
+        return int(self.memory_fraction * (self.probe.free_bytes() + held))
+
+    def planned_kv_bytes(self, shape: BatchShape) -> int:
+        """KV bytes a runtime with this layout allocates for the batch at most, reallocation
+        peak included."""
+        if shape.n == 0:
+            return 0
+        if self.accounting == "padded":
+            rows = -(-shape.n // self.kv.row_align) * self.kv.row_align
+            kv = rows * shape.max_tokens * self.bytes_per_token
+        else:
+            kv = shape.sum_tokens * self.bytes_per_token
+        if self.kv.realloc_tensors:
+            kv += -(-kv // self.kv.realloc_tensors)
+        return kv
 
     def planned_bytes(self, shape: BatchShape) -> int:
         if shape.n == 0:
             return 0
-        if self.accounting == "padded":
-            kv_tokens = shape.n * shape.max_tokens
-        else:
-            kv_tokens = shape.sum_tokens
-        return kv_tokens * self.bytes_per_token + self.kv.activation_bytes(shape.n, shape.max_tokens)
+        return self.planned_kv_bytes(shape) + self.kv.activation_bytes(shape.n, shape.max_tokens)
 
     def fits(self, shape: BatchShape, budget: int) -> bool:
         return self.planned_bytes(shape) <= budget
@@ -286,8 +308,17 @@ class MemoryPlanner:
         per_seq = tokens_per_seq * self.bytes_per_token + self.kv.activation_bytes(1, tokens_per_seq)
         if per_seq <= 0:
             return cap if cap is not None else 1 << 30
-        n = max(0, budget // per_seq)
-        return int(min(n, cap) if cap is not None else n)
+        hi = max(0, budget // per_seq)  # planned bytes only grow with alignment and reserve
+        if cap is not None:
+            hi = min(hi, cap)
+        lo = 0
+        while lo < hi:  # the largest n whose plan fits (plans grow with n)
+            mid = (lo + hi + 1) // 2
+            if self.fits(BatchShape(mid, mid * tokens_per_seq, tokens_per_seq), budget):
+                lo = mid
+            else:
+                hi = mid - 1
+        return int(lo)
 
     def never_fits_reason(self, req, budget: int) -> str | None:
         """Why a lone request can never run under this budget (None if it can)."""

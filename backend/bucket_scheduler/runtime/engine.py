@@ -41,6 +41,7 @@ from .api import (
 )
 from .cpu_linear import prepack_linears
 from .detokenizer import IncrementalDetokenizer
+from .kv_cache import plan_spec
 from .models import kv_spec_from_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .runner import Runner
 from .sampling import is_greedy, make_generator
@@ -140,7 +141,7 @@ class Engine:
                              f"max_position_embeddings {max_pos}; lower max_model_len")
         self.runner = Runner(model, self._detok_tokenizer)
         self.eos_ids = _eos_ids(model, self.tokenizer)
-        self.kv_spec = kv_spec_from_config(model.config, self.dtype)
+        self.kv_spec = plan_spec(kv_spec_from_config(model.config, self.dtype))
         probe = make_probe(config.memory_probe, device=self.device)
         self.planner = MemoryPlanner(self.kv_spec, probe, memory_fraction=config.memory_fraction)
         self.scheduler = make_scheduler(
@@ -482,6 +483,8 @@ class Engine:
             for s in list(self.runner.rows):
                 if s.request_id not in running_ids:
                     self.runner.remove(s.request_id)
+            # The budget fell below what we hold (memory pressure): give back what we can.
+            self.runner.kv.shrink_to_fit(out.stats.budget_bytes)
         if out.is_empty and not new:
             with self._lock:
                 if not self._stop and not self._cancels:

@@ -16,6 +16,12 @@ Why this shape:
 - Removing a sequence moves the last row into its place (one row copied), and columns on
   the left that became padding in every row are dropped by moving `start` (no copy).
 
+Memory: the buffers never hold more than the MemoryPlanner plans for the running set
+(plan_spec() hands it this layout). Every (re)allocation is sized to the current rows:
+rows rounded up to ROW_ALIGN, columns at most the longest worst case (prompt +
+max_tokens) among them; reallocation goes one tensor at a time, so the peak is the larger
+of the old and the new total plus one tensor, which the plan reserves.
+
 The transformers model sees a `Cache` whose layers write the new keys in place and hand
 back what attention should read; `get_mask_sizes` tells the mask builder its width.
 Full-attention layers only (no sliding-window models).
@@ -23,11 +29,18 @@ Full-attention layers only (no sliding-window models).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-_COL_ALIGN = 64  # column capacity grows in these steps (plus headroom), rows in _ROW_ALIGN
-_ROW_ALIGN = 4
+_COL_ALIGN = 64  # column capacity grows in these steps (plus headroom), up to the rows' worst case
+ROW_ALIGN = 4  # rows are allocated in multiples of this (fewer reallocations as rows join)
+
+
+def plan_spec(spec):
+    """The core's KVSpec with this cache's layout, so the planner plans what we allocate."""
+    return replace(spec, row_align=ROW_ALIGN, realloc_tensors=2 * spec.num_layers)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -110,6 +123,8 @@ class BatchKV:
         self.start = 0
         self.end = 0
         self.lengths: list[int] = []  # real tokens per active row
+        self.worst: list[int] = []  # per active row: the most tokens it can ever hold
+        self.peak_bytes = 0  # the most bytes held at once, reallocations included (tests, metrics)
 
     # -- sizes -----------------------------------------------------------------
     @property
@@ -125,25 +140,32 @@ class BatchKV:
 
     # -- allocation ----------------------------------------------------------------
     def _realloc(self, rows_cap: int, cols_cap: int, new_start: int) -> None:
-        """New buffers; copy the active window to [new_start, new_start + width)."""
+        """New buffers; copy the active window to [new_start, new_start + width). One tensor at
+        a time, so at most one old tensor and its new copy coexist beyond the larger total."""
         w = self.width
         shape = (rows_cap, self.kv_heads, cols_cap, self.head_dim)
-        keys, values = [], []
-        for layer in range(self.num_layers):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if self.n and w:
-                k[: self.n, :, new_start : new_start + w].copy_(self.keys[layer][: self.n, :, self.start : self.end])
-                v[: self.n, :, new_start : new_start + w].copy_(self.values[layer][: self.n, :, self.start : self.end])
-            keys.append(k)
-            values.append(v)
-        # Drop the old buffers before anything else allocates.
-        self.keys, self.values = keys, values
+        held = self.nbytes()
+        self.peak_bytes = max(self.peak_bytes, held)
+        n = min(self.n, rows_cap)
+        for bufs in (self.keys, self.values) if self.keys else ():
+            for layer, old in enumerate(bufs):
+                new = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                self.peak_bytes = max(self.peak_bytes, held + new.nbytes)
+                if n and w:
+                    new[:n, :, new_start : new_start + w].copy_(old[:n, :, self.start : self.end])
+                held += new.nbytes - old.nbytes
+                bufs[layer] = new  # the old tensor is freed here
+        if not self.keys:
+            self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+            self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+            self.peak_bytes = max(self.peak_bytes, self.nbytes())
         self.rows_cap, self.cols_cap = rows_cap, cols_cap
         self.start, self.end = new_start, new_start + w
 
-    def _headroom(self, cols: int) -> int:
-        return _round_up(cols + max(_COL_ALIGN, cols // 4), _COL_ALIGN)
+    def _cols_for(self, needed: int, worst: int) -> int:
+        """Columns to allocate when `needed` must fit now: growth headroom, but never past the
+        longest worst case of the rows (what the plan charges)."""
+        return max(needed, min(worst, _round_up(needed + max(_COL_ALIGN, needed // 4), _COL_ALIGN)))
 
     def reserve_decode(self, t: int = 1) -> None:
         """Make room for t more columns after `end`; compact when too many columns are
@@ -151,31 +173,41 @@ class BatchKV:
         waste = self.cols_cap - self.width
         if self.end + t <= self.cols_cap and waste <= max(2 * _COL_ALIGN, self.width // 2):
             return
-        self._realloc(self.rows_cap, self._headroom(self.width + t), 0)
+        self._realloc(_round_up(self.n, ROW_ALIGN), self._cols_for(self.width + t, max(self.worst)), 0)
 
-    def place_new_rows(self, count: int, prompt_width: int) -> tuple[int, int]:
-        """Make room for `count` rows whose prompts are `prompt_width` columns; returns
-        (first_row, write_at): the prefill writes columns [write_at, end) of those rows."""
+    def shrink_to_fit(self, limit_bytes: int) -> None:
+        """Give memory back when we hold more than limit_bytes (the budget dropped, or rows
+        left): reallocate to exactly what the rows need now."""
+        if self.n and self.nbytes() > limit_bytes:
+            self._realloc(_round_up(self.n, ROW_ALIGN), self._cols_for(self.width + 1, max(self.worst)), 0)
+
+    def place_new_rows(self, count: int, prompt_width: int, worst: list[int]) -> tuple[int, int]:
+        """Make room for `count` rows whose prompts are `prompt_width` columns and whose worst
+        cases are `worst`; returns (first_row, write_at): the prefill writes columns
+        [write_at, end) of those rows."""
         new_width = max(self.width, prompt_width)
         rows_needed = self.n + count
-        rows_cap = self.rows_cap if rows_needed <= self.rows_cap else _round_up(rows_needed, _ROW_ALIGN)
+        max_worst = max(self.worst + list(worst))
         if self.n == 0:
             # Empty batch (trim() freed the buffers): fresh ones with headroom for decoding.
+            self.keys, self.values = [], []
             self.start = self.end = 0
-            self._realloc(rows_cap, self._headroom(prompt_width), 0)
+            self._realloc(_round_up(rows_needed, ROW_ALIGN), self._cols_for(prompt_width + 1, max_worst), 0)
             self.start, self.end = 0, prompt_width
-        elif rows_cap != self.rows_cap or self.end - new_width < 0 or self.end + 1 > self.cols_cap:
-            # Move the window so that it ends at new_width (its left side gets padding).
-            cols = max(self.cols_cap, self._headroom(new_width))
+        elif rows_needed > self.rows_cap or self.end - new_width < 0 or self.end + 1 > self.cols_cap:
+            # Sized to the new set of rows; the window moves to end at new_width (its left
+            # side gets padding).
             old_w = self.width
-            self._realloc(rows_cap, cols, new_width - old_w)
+            self._realloc(_round_up(rows_needed, ROW_ALIGN), self._cols_for(new_width + 1, max_worst), new_width - old_w)
             self.start = 0
         else:
             self.start = self.end - new_width
+        self._pending_worst = list(worst)
         return self.n, self.end - prompt_width
 
     def commit_new_rows(self, lengths: list[int]) -> None:
         self.lengths.extend(lengths)
+        self.worst.extend(self._pending_worst)
         self.n += len(lengths)
 
     def advance(self, t: int = 1) -> None:
@@ -194,8 +226,10 @@ class BatchKV:
                 self.keys[layer][row, :, self.start : self.end].copy_(self.keys[layer][last, :, self.start : self.end])
                 self.values[layer][row, :, self.start : self.end].copy_(self.values[layer][last, :, self.start : self.end])
             self.lengths[row] = self.lengths[last]
+            self.worst[row] = self.worst[last]
             moved = last
         self.lengths.pop()
+        self.worst.pop()
         self.n -= 1
         self.trim()
         return moved
@@ -206,6 +240,7 @@ class BatchKV:
             self.keys, self.values = [], []
             self.rows_cap = self.cols_cap = 0
             self.start = self.end = 0
+            self.lengths, self.worst = [], []
             return
         self.start = max(self.start, self.end - max(self.lengths))
 

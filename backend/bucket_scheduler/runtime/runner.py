@@ -92,7 +92,7 @@ class Runner:
             self.fault_hook("prefill", seqs)
         inputs = [s.input_ids for s in seqs]
         width = max(len(x) for x in inputs)
-        first_row, _ = self.kv.place_new_rows(len(seqs), width)
+        first_row, _ = self.kv.place_new_rows(len(seqs), width, [s.worst_tokens for s in seqs])
         logits_rows: list[torch.Tensor] = []
         # Row groups bounded by max_prefill_tokens keep activation memory flat.
         i = 0
@@ -177,7 +177,6 @@ class Runner:
         dropped = self.rows
         self.rows, self.index = [], {}
         self.kv.n = 0
-        self.kv.lengths = []
         self.kv.trim()
         return dropped
 
