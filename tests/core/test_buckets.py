@@ -188,8 +188,23 @@ def test_midpoint_rule_never_splits_a_queue_above_the_midpoint_but_median_does()
         mgr.rebalance(lambda b: 8)
     assert ranges(paper) == [(0, 2048, 100)]  # the paper's rule, kept under its name
     assert_partition(default, 2048)
-    assert max(c for c, _, _ in spans(default)) <= 8
-    assert sum(c for c, _, _ in spans(default)) == 100
+    counts = [c for c, _, _ in spans(default)]
+    assert sum(counts) == 100 and len(counts) >= 6
+    assert all(8 <= c < 16 for c in counts if c)  # each bucket a full batch, none two
+
+
+def test_median_buckets_merge_when_the_queue_drains():
+    mgr = BucketManager(2048, mode="median")
+    reqs = [req(i, prompt=1100 + 9 * i) for i in range(100)]
+    for r in reqs:
+        mgr.add(r)
+    mgr.rebalance(lambda b: 8)
+    assert len(mgr.buckets) >= 6
+    for r in reqs[:95]:
+        mgr.remove(r)
+    for _ in range(len(mgr.buckets)):
+        mgr.rebalance(lambda b: 8)
+    assert len(mgr.buckets) == 1 and len(mgr) == 5  # 5 < N_max: one bucket, one batch
 
 
 def test_median_leaves_identical_lengths_alone():
@@ -211,18 +226,24 @@ def test_median_leaves_identical_lengths_alone():
 def test_median_split_makes_progress_on_skewed_queues(start, width, draws, n_max, max_buckets):
     max_len = 4096
     mgr = BucketManager(max_len, mode="median", max_buckets=max_buckets)
-    for i, d in enumerate(draws):
-        mgr.add(req(i, prompt=min(max_len - 1, start + d % width)))
-    mgr.rebalance(lambda b: n_max)
+    lengths = [min(max_len - 1, start + d % width) for d in draws]
+    for i, n in enumerate(lengths):
+        mgr.add(req(i, prompt=n))
+    for _ in range(2 * max_buckets + 2):  # one merge per call: it settles, then nothing moves
+        before = mgr.boundaries()
+        mgr.rebalance(lambda b: n_max)
+        if mgr.boundaries() == before:
+            break
+    else:
+        raise AssertionError("boundaries keep moving on an unchanged queue")
     assert_partition(mgr, max_len)
     assert sum(c for c, _, _ in spans(mgr)) == len(draws)
-    if len(mgr.buckets) < max_buckets and len(draws) > n_max:
-        # every bucket holds a batch at most, or lengths too alike to be worth a cut
+    if len(mgr.buckets) < max_buckets:
+        # no bucket holds two batches unless its lengths are too alike to be worth a cut
         for count, shortest, longest in spans(mgr):
-            assert count <= n_max or longest - shortest < 2 * mgr.min_bucket_width
-    before = mgr.boundaries()
-    mgr.rebalance(lambda b: n_max)
-    assert mgr.boundaries() == before  # stable: nothing moves without a change
+            assert count < 2 * n_max or longest - shortest < 2 * mgr.min_bucket_width
+    if len(draws) >= 2 * n_max and max(lengths) - min(lengths) >= 2 * mgr.min_bucket_width:
+        assert len(mgr.buckets) > 1  # a skewed, splittable queue is split
 
 
 @settings(max_examples=60, deadline=None)

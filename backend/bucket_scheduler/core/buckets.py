@@ -12,13 +12,14 @@ next bucket costs O(buckets).  Removal is lazy (an entry is marked dead and
 skipped when it reaches a heap top).
 
 Boundary modes (BucketManager(mode=...)):
-- "median": Algorithm 1's trigger with a cut that always makes progress.  A
-  bucket holding more than N_max (while total waiting > N_max) is cut at the
-  median of its waiting lengths, so both halves keep requests, whatever the
-  skew (the paper's midpoint rule leaves e.g. 100 requests in [1100, 2000) in
-  one bucket [0, 2048)).  Buckets whose lengths span less than
-  2 * min_bucket_width are not cut (their padding is already small).  Merging
-  as in Algorithm 1.
+- "median" (the engine's default): splits that always make progress, into buckets
+  that each hold a batch.  A bucket holding at least 2 * N_max requests is cut
+  at the median of its waiting lengths, so both halves keep about N_max or more,
+  whatever the skew (the paper's midpoint rule leaves e.g. 100 requests in
+  [1100, 2000) in one bucket [0, 2048)).  Buckets whose lengths span less than
+  2 * min_bucket_width are not cut (their padding is already small).  The two
+  neighbours with the fewest requests merge, one pair per call, when together
+  they hold less than N_max (a split leaves at least 2 * N_max: no flapping).
 - "algorithm1": the paper's Algorithm 1.  Start with one bucket [0, L).  Split a
   bucket at its midpoint m when total waiting > N_max, the bucket holds more
   than N_max requests and more than `split_threshold` (0.5) of them lie below m.
@@ -446,9 +447,11 @@ class BucketManager:
     def rebalance(self, n_max_of: Callable[[Bucket], int]) -> None:
         """Move boundaries per the mode.  Cheap when nothing needs to move."""
         if self.mode == "median":
-            self._split_merge(n_max_of, self._median_cut)
+            self._split_merge(n_max_of, self._median_cut, lambda n_max: 2 * n_max)
+            self._merge_one(n_max_of, lambda union, n_max: union < n_max)
         elif self.mode == "algorithm1":
-            self._split_merge(n_max_of, self._midpoint_cut)
+            self._split_merge(n_max_of, self._midpoint_cut, lambda n_max: n_max + 1)
+            self._merge_one(n_max_of, lambda union, n_max: self.count < self.merge_ratio * n_max and union <= n_max)
         elif self.mode == "dp":
             self._dp_refresh(n_max_of)
 
@@ -474,30 +477,28 @@ class BucketManager:
         median = self._lengths.kth(below + (n + 1) // 2)
         return min(max(median + 1, a + 1, b.low + w), z, b.up - w)
 
-    def _split_merge(self, n_max_of: Callable[[Bucket], int], cut: Callable[[Bucket], int | None]) -> None:
+    def _split_merge(self, n_max_of: Callable[[Bucket], int], cut: Callable[[Bucket], int | None],
+                     min_count: Callable[[int], int]) -> None:
+        """Cut buckets holding at least min_count(N_max) requests (and total waiting > N_max)."""
         total = self.count
         i = 0
         while i < len(self.buckets) and len(self.buckets) < self.max_buckets:
             b = self.buckets[i]
             n_max = max(1, n_max_of(b))
-            at = cut(b) if total > n_max and b.count > n_max else None
+            at = cut(b) if total > n_max and b.count >= min_count(n_max) else None
             if at is not None:
                 self.split(i, at)
                 continue  # look at the lower half again: it may need another cut
             i += 1
-        # merge back, one pair per step, only well under N_max (hysteresis)
-        if len(self.buckets) > 1:
-            best = None
-            for i in range(len(self.buckets) - 1):
-                a, b = self.buckets[i], self.buckets[i + 1]
-                union = a.count + b.count
-                if best is None or union < best[0]:
-                    best = (union, i)
-            union, i = best
-            merged = Bucket(self.buckets[i].low, self.buckets[i + 1].up)
-            n_max = max(1, n_max_of(merged))
-            if total < self.merge_ratio * n_max and union <= n_max:
-                self.merge(i)
+
+    def _merge_one(self, n_max_of: Callable[[Bucket], int], should: Callable[[int, int], bool]) -> None:
+        """Merge the neighbours whose union holds fewest requests, when should(union, N_max)."""
+        if len(self.buckets) < 2:
+            return
+        union, i = min((a.count + b.count, i) for i, (a, b) in enumerate(zip(self.buckets, self.buckets[1:])))
+        n_max = max(1, n_max_of(Bucket(self.buckets[i].low, self.buckets[i + 1].up)))
+        if should(union, n_max):
+            self.merge(i)
 
     # --- dp mode -------------------------------------------------------------
 
