@@ -106,12 +106,12 @@ def test_dp_hysteresis_keeps_boundaries_when_gain_is_small():
     mgr = BucketManager(8192, mode="dp", max_buckets=3, dp_refresh=10, dp_min_observations=10)
     for i in range(10):
         mgr.add(req(i, prompt=[100, 1000, 5000][i % 3]))
-    mgr.rebalance(lambda b: 8)
+    mgr.rebalance(lambda b: 3)
     first = mgr.boundaries()
     assert len(first) == 2
     for i in range(10, 20):  # same distribution: the optimum cannot improve by 5%
         mgr.add(req(i, prompt=[100, 1000, 5000][i % 3]))
-    mgr.rebalance(lambda b: 8)
+    mgr.rebalance(lambda b: 3)
     assert mgr.boundaries() == first and mgr.replacements == 1
 
 
@@ -155,3 +155,132 @@ def test_histogram_coarsening_keeps_totals_and_bounds_bins():
     assert sum(coarse[1]) == sum(full[1]) == len(lengths)
     assert sum(coarse[2]) == sum(full[2]) == sum(lengths)
     assert coarse[0][-1] == full[0][-1] and coarse[0] == sorted(coarse[0])
+
+
+# --- point: splits that always make progress, buckets that hold batches -------------------
+
+
+def spans(mgr):
+    """(count, shortest, longest) waiting length per bucket."""
+    out = []
+    for b in mgr.buckets:
+        lens = sorted(e.req.seq_len for e in b.live_entries())
+        out.append((len(lens), lens[0] if lens else None, lens[-1] if lens else None))
+    return out
+
+
+def assert_partition(mgr, max_len):
+    assert mgr.buckets[0].low == 0 and mgr.buckets[-1].up == max_len
+    assert all(a.up == b.low and a.low < a.up for a, b in zip(mgr.buckets, mgr.buckets[1:]))
+    assert len(mgr.buckets) <= mgr.max_buckets
+    for b in mgr.buckets:
+        assert all(b.holds(e.req.seq_len) for e in b.live_entries())
+
+
+def test_midpoint_rule_never_splits_a_queue_above_the_midpoint_but_median_does():
+    """100 waiting requests in [1100, 2000), L = 2048, N_max = 8."""
+    lengths = [1100 + (i * 9) % 900 for i in range(100)]
+    paper = BucketManager(2048, mode="algorithm1")
+    default = BucketManager(2048, mode="median")
+    for mgr in (paper, default):
+        for i, n in enumerate(lengths):
+            mgr.add(req(i, prompt=n))
+        mgr.rebalance(lambda b: 8)
+    assert ranges(paper) == [(0, 2048, 100)]  # the paper's rule, kept under its name
+    assert_partition(default, 2048)
+    counts = [c for c, _, _ in spans(default)]
+    assert sum(counts) == 100 and len(counts) >= 6
+    assert all(8 <= c < 16 for c in counts if c)  # each bucket a full batch, none two
+
+
+def test_median_buckets_merge_when_the_queue_drains():
+    mgr = BucketManager(2048, mode="median")
+    reqs = [req(i, prompt=1100 + 9 * i) for i in range(100)]
+    for r in reqs:
+        mgr.add(r)
+    mgr.rebalance(lambda b: 8)
+    assert len(mgr.buckets) >= 6
+    for r in reqs[:95]:
+        mgr.remove(r)
+    for _ in range(len(mgr.buckets)):
+        mgr.rebalance(lambda b: 8)
+    assert len(mgr.buckets) == 1 and len(mgr) == 5  # 5 < N_max: one bucket, one batch
+
+
+def test_median_leaves_identical_lengths_alone():
+    mgr = BucketManager(2048, mode="median")
+    for i in range(50):
+        mgr.add(req(i, prompt=1500 + i % 3))
+    mgr.rebalance(lambda b: 4)
+    assert len(mgr.buckets) == 1  # nothing to gain: they pad by at most 2 tokens
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(0, 3000),  # where the cluster starts
+    st.integers(1, 1000),  # how wide it is
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=150),
+    st.integers(1, 16),  # N_max
+    st.integers(2, 32),  # max_buckets
+)
+def test_median_split_makes_progress_on_skewed_queues(start, width, draws, n_max, max_buckets):
+    max_len = 4096
+    mgr = BucketManager(max_len, mode="median", max_buckets=max_buckets)
+    lengths = [min(max_len - 1, start + d % width) for d in draws]
+    for i, n in enumerate(lengths):
+        mgr.add(req(i, prompt=n))
+    for _ in range(2 * max_buckets + 2):  # one merge per call: it settles, then nothing moves
+        before = mgr.boundaries()
+        mgr.rebalance(lambda b: n_max)
+        if mgr.boundaries() == before:
+            break
+    else:
+        raise AssertionError("boundaries keep moving on an unchanged queue")
+    assert_partition(mgr, max_len)
+    assert sum(c for c, _, _ in spans(mgr)) == len(draws)
+    if len(mgr.buckets) < max_buckets:
+        # no bucket holds two batches unless its lengths are too alike to be worth a cut
+        for count, shortest, longest in spans(mgr):
+            assert count < 2 * n_max or longest - shortest < 2 * mgr.min_bucket_width
+    if len(draws) >= 2 * n_max and max(lengths) - min(lengths) >= 2 * mgr.min_bucket_width:
+        assert len(mgr.buckets) > 1  # a skewed, splittable queue is split
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 999), min_size=1, max_size=200), st.data())
+def test_fenwick_kth_is_the_kth_smallest(lengths, data):
+    mgr = BucketManager(1000, mode="fixed", boundaries=[500])
+    for i, n in enumerate(lengths):
+        mgr.add(req(i, prompt=n))
+    k = data.draw(st.integers(1, len(lengths)))
+    assert mgr._lengths.kth(k) == sorted(lengths)[k - 1]
+
+
+def test_dp_keeps_buckets_that_hold_batches():
+    """24 waiting requests of all lengths with N_max = 8: at most 3 buckets, not one per cluster."""
+    mgr = BucketManager(8192, mode="dp", max_buckets=32, dp_min_observations=20)
+    reqs = [req(i, prompt=50 + 330 * i) for i in range(24)]
+    for r in reqs:
+        mgr.add(r)
+    mgr.rebalance(lambda b: 8)
+    assert 1 < len(mgr.buckets) <= 3
+    for r in reqs[:20]:  # the queue drains: the buckets merge at once, no waiting for a refresh
+        mgr.remove(r)
+    mgr.rebalance(lambda b: 8)
+    assert len(mgr.buckets) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 8000), min_size=1, max_size=120), st.integers(1, 12), st.integers(0, 119))
+def test_dp_bucket_count_follows_n_max(lengths, n_max, drop):
+    mgr = BucketManager(8192, mode="dp", max_buckets=32, dp_refresh=10, dp_min_observations=10)
+    reqs = [req(i, prompt=n) for i, n in enumerate(lengths)]
+    for r in reqs:
+        mgr.add(r)
+    mgr.rebalance(lambda b: n_max)
+    assert len(mgr.buckets) <= max(1, len(reqs) // n_max)
+    for r in reqs[: min(drop, len(reqs))]:
+        mgr.remove(r)
+    mgr.rebalance(lambda b: n_max)
+    assert_partition(mgr, 8192)
+    assert len(mgr.buckets) <= max(1, len(mgr) // n_max)

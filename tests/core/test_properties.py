@@ -134,6 +134,10 @@ class Algorithm1Machine(BucketMachine):
     options = {"bucket_mode": "algorithm1", "max_buckets": 6}
 
 
+class MedianMachine(BucketMachine):
+    options = {"bucket_mode": "median", "max_buckets": 6}
+
+
 class SmallDpMachine(BucketMachine):
     options = {"bucket_mode": "dp", "max_buckets": 4, "dp_refresh": 5, "dp_min_observations": 5}
 
@@ -162,11 +166,12 @@ class UellmMachine(SchedulerMachine):
 
 _settings = settings(max_examples=40, stateful_step_count=40, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
-for _m in (BucketMachine, Algorithm1Machine, SmallDpMachine, StaticMachine, ContinuousMachine, UellmMachine):
+for _m in (BucketMachine, Algorithm1Machine, MedianMachine, SmallDpMachine, StaticMachine, ContinuousMachine, UellmMachine):
     _m.TestCase.settings = _settings
 
 TestBucket = BucketMachine.TestCase
 TestAlgorithm1 = Algorithm1Machine.TestCase
+TestMedian = MedianMachine.TestCase
 TestSmallDp = SmallDpMachine.TestCase
 TestStatic = StaticMachine.TestCase
 TestContinuous = ContinuousMachine.TestCase

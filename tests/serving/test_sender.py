@@ -189,3 +189,61 @@ def test_cancel_checks_cover_a_deep_queue_in_slices():
         assert wait_for(lambda: sorted(engine.cancelled) == sorted(list(senders)[::5]))
     finally:
         sender.stop()
+
+
+# --- fault injection: a final is never lost ------------------------------------------------
+
+
+class FinalRaises(pb.ResponseSender):
+    """A response sender whose send() of a successful final raises (e.g. a transport error)."""
+
+    def send(self, response=None, flags=0):
+        if flags & pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL and response.error is None:
+            raise RuntimeError("injected: send of the final failed")
+        super().send(response, flags)
+
+
+class InflightRaises(Metrics):
+    def set_inflight(self, n):
+        raise RuntimeError("injected: metric update failed")
+
+
+def test_a_final_that_cannot_be_built_becomes_an_error_final(setup):
+    sender, _, metrics = setup
+    rs = pb.ResponseSender()
+    sender.register(rs, request("bad"))
+    # a lone surrogate cannot be encoded as UTF-8: building the response raises
+    sender.on_output(RequestOutput("bad", delta_text="\ud800", finished=True, finish_reason="stop", num_output_tokens=1))
+    assert wait_for(lambda: rs.finals)
+    time.sleep(0.03)
+    assert len(rs.sent) == 1 and rs.finals[0].error.code() == pb.TritonError.INTERNAL
+    assert "could not build the final response" in rs.finals[0].error.message()
+    assert wait_for(lambda: metric(metrics, "bucketserve_requests_total", outcome="error").value == 1)
+    assert metric(metrics, "bucketserve_inflight_requests").value == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_final_whose_send_raises_falls_back_to_an_error_final(setup, stream):
+    sender, _, metrics = setup
+    rs = FinalRaises()
+    sender.register(rs, request("x", stream=stream))
+    sender.on_output(RequestOutput("x", delta_text="hi", finished=True, finish_reason="stop", num_output_tokens=1))
+    assert wait_for(lambda: rs.finals)
+    time.sleep(0.03)
+    assert len(rs.finals) == 1 and rs.finals[0].error.code() == pb.TritonError.INTERNAL
+    assert wait_for(lambda: metric(metrics, "bucketserve_requests_total", outcome="error").value == 1)
+    assert sender.sent_finals == 1
+
+
+def test_a_failing_metric_does_not_take_the_final_away():
+    sender = Sender(pb, FakeEngine(), InflightRaises(pb, "m", "1"))
+    sender.start()
+    try:
+        rs = pb.ResponseSender()
+        sender.register(rs, request("m"))
+        sender.on_output(RequestOutput("m", delta_text="ok", finished=True, finish_reason="stop", num_output_tokens=1))
+        assert wait_for(lambda: rs.finals)
+        assert text(rs.finals[0]) == "ok" and rs.finals[0].error is None
+    finally:
+        sender.stop()
+    assert len(rs.finals) == 1

@@ -1,8 +1,11 @@
+import json
+
 import pytest
 
 from bucket_scheduler.runtime.api import EngineConfig
 from bucket_scheduler.serving.repository import read_parameters
-from bucket_scheduler.serving.settings import SettingsError, engine_config_from_model_config, engine_config_from_parameters
+from bucket_scheduler.serving.settings import (SettingsError, engine_config_from_model_config, engine_config_from_parameters,
+                                               engine_config_from_triton_args)
 
 
 def test_parameters_convert_to_field_types():
@@ -41,3 +44,33 @@ def test_every_setting_is_documented_in_the_readme(repo_root):
     readme = (repo_root / "README.md").read_text()
     missing = [f for f in EngineConfig.__dataclass_fields__ if f != "scheduler_options" and f"| `{f}` |" not in readme]
     assert not missing, f"README settings table lacks {missing}"
+
+
+def triton_args(kind, device_id, **params):
+    config = {"parameters": {k: {"string_value": v} for k, v in params.items()}}
+    return {"model_config": json.dumps(config), "model_instance_kind": kind, "model_instance_device_id": device_id,
+            "model_name": "m", "model_version": "1"}
+
+
+@pytest.mark.parametrize("kind, device_id, params, device", [
+    ("GPU", "0", {}, "cuda:0"),
+    ("GPU", "3", {}, "cuda:3"),  # one instance per GPU: each on its own
+    ("GPU", "1", {"device": "cuda"}, "cuda:1"),
+    ("GPU", "1", {"device": "cpu"}, "cpu"),  # an explicit setting wins
+    ("GPU", "1", {"device": "cuda:0"}, "cuda:0"),
+    ("CPU", "0", {}, "auto"),
+    ("MODEL", "0", {"device": "cuda"}, "cuda"),
+])
+def test_instance_device_from_triton_args(kind, device_id, params, device):
+    assert engine_config_from_triton_args(triton_args(kind, device_id, **params)).device == device
+
+
+def test_instance_device_id_must_be_an_integer():
+    with pytest.raises(SettingsError, match="device id"):
+        engine_config_from_triton_args(triton_args("GPU", "first"))
+
+
+@pytest.mark.parametrize("model", ["bucketserve", "bucketserve_tiny"])
+def test_model_py_builds_its_config_from_the_instance_args(model, repo_root):
+    source = (repo_root / "model_repository" / model / "1" / "model.py").read_text()
+    assert "engine_config_from_triton_args(args)" in source

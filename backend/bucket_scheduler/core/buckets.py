@@ -12,17 +12,30 @@ next bucket costs O(buckets).  Removal is lazy (an entry is marked dead and
 skipped when it reaches a heap top).
 
 Boundary modes (BucketManager(mode=...)):
+- "median" (the engine's default): splits that always make progress, into buckets
+  that each hold a batch.  A bucket holding at least 2 * N_max requests is cut
+  at the median of its waiting lengths, so both halves keep about N_max or more,
+  whatever the skew (the paper's midpoint rule leaves e.g. 100 requests in
+  [1100, 2000) in one bucket [0, 2048)).  Buckets whose lengths span less than
+  2 * min_bucket_width are not cut (their padding is already small).  The two
+  neighbours with the fewest requests merge, one pair per call, when together
+  they hold less than N_max (a split leaves at least 2 * N_max: no flapping).
 - "algorithm1": the paper's Algorithm 1.  Start with one bucket [0, L).  Split a
   bucket at its midpoint m when total waiting > N_max, the bucket holds more
   than N_max requests and more than `split_threshold` (0.5) of them lie below m.
   Merge two neighbours when total waiting falls under `merge_ratio * N_max`
   (hysteresis: merge_ratio < 1 leaves a band where nothing moves) and their
   union still holds at most N_max.
-- "dp": place K = max_buckets boundaries where expected padding is least for the
+- "dp": place K boundaries where expected padding is least for the
   histogram of recently observed lengths (the paper's Eq. 4 solved exactly by
-  dynamic programming over histogram bins instead of bisection).  Recomputed
-  every `dp_refresh` observations; new boundaries replace the old only when
-  they cut expected padding by more than `dp_hysteresis` (relative).
+  dynamic programming over histogram bins instead of bisection).  K is at most
+  max_buckets and at most (waiting requests // N_max at the median waiting
+  length), so that buckets hold batches worth running: 24 waiting requests
+  with N_max = 8 make at most 3 buckets, not 21.  Recomputed every
+  `dp_refresh` observations, and at once when the queue shrank below what the
+  current buckets need; new boundaries replace the old only when they cut
+  expected padding by more than `dp_hysteresis` (relative), or when there are
+  too many buckets.
 - "fixed": boundaries given by the caller.
 
 The number of buckets never exceeds max_buckets.
@@ -42,7 +55,7 @@ from .interface import BucketInfo
 from .policy import OrderPolicy
 from .request import Request
 
-MODES = ("algorithm1", "dp", "fixed")
+MODES = ("median", "algorithm1", "dp", "fixed")
 
 
 class _Entry:
@@ -148,6 +161,18 @@ class _Fenwick:
 
     def range(self, lo: int, hi: int) -> int:
         return self.prefix(hi) - self.prefix(lo)
+
+    def kth(self, k: int) -> int:
+        """The k-th smallest length (k >= 1, at most the total count)."""
+        pos, tree = 0, self.tree
+        step = 1 << self.n.bit_length()
+        while step:
+            nxt = pos + step
+            if nxt <= self.n and tree[nxt] < k:
+                pos = nxt
+                k -= tree[nxt]
+            step >>= 1
+        return pos
 
 
 def histogram_edges(max_len: int, min_width: int = 8, rel_width: float = 0.02) -> list[int]:
@@ -421,39 +446,59 @@ class BucketManager:
 
     def rebalance(self, n_max_of: Callable[[Bucket], int]) -> None:
         """Move boundaries per the mode.  Cheap when nothing needs to move."""
-        if self.mode == "algorithm1":
-            self._algorithm1(n_max_of)
+        if self.mode == "median":
+            self._split_merge(n_max_of, self._median_cut, lambda n_max: 2 * n_max)
+            self._merge_one(n_max_of, lambda union, n_max: union < n_max)
+        elif self.mode == "algorithm1":
+            self._split_merge(n_max_of, self._midpoint_cut, lambda n_max: n_max + 1)
+            self._merge_one(n_max_of, lambda union, n_max: self.count < self.merge_ratio * n_max and union <= n_max)
         elif self.mode == "dp":
-            self._dp_refresh()
+            self._dp_refresh(n_max_of)
 
-    def _algorithm1(self, n_max_of: Callable[[Bucket], int]) -> None:
+    def _midpoint_cut(self, b: Bucket) -> int | None:
+        """Algorithm 1: the midpoint, when more than split_threshold of the bucket lies below it."""
+        if b.up - b.low >= 2 * self.min_bucket_width and self._lengths.range(b.low, b.mid) > self.split_threshold * b.count:
+            return b.mid
+        return None
+
+    def _median_cut(self, b: Bucket) -> int | None:
+        """Just above the median waiting length, moved (if needed) so that both halves keep a
+        request and are at least min_bucket_width wide; None when the lengths span less than
+        2 * min_bucket_width.  Such a cut always exists otherwise: with a, z the shortest and
+        longest waiting lengths, z - a >= 2w gives max(a + 1, low + w) <= min(z, up - w)."""
+        below = self._lengths.prefix(b.low)
+        n = self._lengths.prefix(b.up) - below
+        w = self.min_bucket_width
+        if n < 2:
+            return None
+        a, z = self._lengths.kth(below + 1), self._lengths.kth(below + n)
+        if z - a < 2 * w:
+            return None
+        median = self._lengths.kth(below + (n + 1) // 2)
+        return min(max(median + 1, a + 1, b.low + w), z, b.up - w)
+
+    def _split_merge(self, n_max_of: Callable[[Bucket], int], cut: Callable[[Bucket], int | None],
+                     min_count: Callable[[int], int]) -> None:
+        """Cut buckets holding at least min_count(N_max) requests (and total waiting > N_max)."""
         total = self.count
         i = 0
         while i < len(self.buckets) and len(self.buckets) < self.max_buckets:
             b = self.buckets[i]
             n_max = max(1, n_max_of(b))
-            if (
-                total > n_max
-                and b.count > n_max
-                and b.up - b.low >= 2 * self.min_bucket_width
-                and self._lengths.range(b.low, b.mid) > self.split_threshold * b.count
-            ):
-                self.split(i)
+            at = cut(b) if total > n_max and b.count >= min_count(n_max) else None
+            if at is not None:
+                self.split(i, at)
                 continue  # look at the lower half again: it may need another cut
             i += 1
-        # merge back, one pair per step, only well under N_max (hysteresis)
-        if len(self.buckets) > 1:
-            best = None
-            for i in range(len(self.buckets) - 1):
-                a, b = self.buckets[i], self.buckets[i + 1]
-                union = a.count + b.count
-                if best is None or union < best[0]:
-                    best = (union, i)
-            union, i = best
-            merged = Bucket(self.buckets[i].low, self.buckets[i + 1].up)
-            n_max = max(1, n_max_of(merged))
-            if total < self.merge_ratio * n_max and union <= n_max:
-                self.merge(i)
+
+    def _merge_one(self, n_max_of: Callable[[Bucket], int], should: Callable[[int, int], bool]) -> None:
+        """Merge the neighbours whose union holds fewest requests, when should(union, N_max)."""
+        if len(self.buckets) < 2:
+            return
+        union, i = min((a.count + b.count, i) for i, (a, b) in enumerate(zip(self.buckets, self.buckets[1:])))
+        n_max = max(1, n_max_of(Bucket(self.buckets[i].low, self.buckets[i + 1].up)))
+        if should(union, n_max):
+            self.merge(i)
 
     # --- dp mode -------------------------------------------------------------
 
@@ -502,14 +547,25 @@ class BucketManager:
             total += group_c * group_top - group_s
         return total
 
-    def _dp_refresh(self) -> None:
+    def dp_groups(self, n_max_of: Callable[[Bucket], int]) -> int:
+        """Buckets worth keeping: each should hold about a batch (N_max at the median waiting length)."""
+        if self.count == 0:
+            return 1
+        median = self._lengths.kth((self.count + 1) // 2)
+        n_max = max(1, n_max_of(Bucket(0, median + 1)))
+        return max(1, min(self.max_buckets, self.count // n_max))
+
+    def _dp_refresh(self, n_max_of: Callable[[Bucket], int]) -> None:
+        k = self.dp_groups(n_max_of)
+        too_many = len(self.buckets) > k
         due = self._since_refresh >= (self.dp_refresh if self._placed else self.dp_min_observations)
-        if not due:
+        if not (due or too_many):
             return
-        self._since_refresh = 0
+        if due:
+            self._since_refresh = 0
         tops, counts, sums = self._histogram(max_bins=self.dp_max_bins)
-        bounds, pad = optimal_boundaries(tops, counts, sums, self.max_buckets)
-        if self._placed:
+        bounds, pad = optimal_boundaries(tops, counts, sums, k)
+        if self._placed and not too_many:
             current = self.expected_padding(self.boundaries())
             if pad >= current * (1.0 - self.dp_hysteresis):
                 return

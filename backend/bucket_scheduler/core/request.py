@@ -35,9 +35,9 @@ class Request:
     max_new_tokens: int
     arrival_time: float
     req_class: RequestClass = RequestClass.OFFLINE
-    priority: int = 0  # higher runs earlier among equals
+    priority: int = 0  # higher runs earlier among equals (the bucket policy; the baselines ignore it)
     slo_ttft_s: float | None = None
-    slo_tpot_s: float | None = None
+    slo_tpot_s: float | None = None  # carried for the record: no policy schedules by it (metrics measure it)
     deadline: float | None = None  # absolute; if unset, arrival + slo_ttft_s for online requests
     predicted_output_len: int | None = None  # for output-length-driven policies (uellm)
 

@@ -86,7 +86,7 @@ class EngineConfig:
 
     model_dir: str | None = None  # None: the default model (SmolLM2-135M-Instruct, prepared on first use)
     policy: str = "bucket"  # bucket | static | continuous | uellm
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:<index> (a KIND_GPU instance gets its own, serving/settings.py)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     threads: int = 0  # torch intra-op threads; 0 = all cores
     max_model_len: int = 2048  # prompt + generated tokens, per request

@@ -63,7 +63,7 @@ MAX_STOP_STRINGS = 16
 # attention), so full batches matter more than tight ones: unless told otherwise the bucket
 # policy uses the paper's Algorithm 1 boundaries and no refill padding target (measured in
 # docs/benchmarks.md, Engine). The core's own defaults suit a fully padded runtime.
-RUNTIME_SCHEDULER_DEFAULTS = {"bucket": {"bucket_mode": "algorithm1", "refill_padding_target": 0.0}}
+RUNTIME_SCHEDULER_DEFAULTS = {"bucket": {"bucket_mode": "median", "refill_padding_target": 0.0}}
 OnOutput = Callable[[RequestOutput], None]
 
 

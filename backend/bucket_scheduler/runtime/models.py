@@ -278,7 +278,11 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU")
     if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, not {device!r}")
+    if device.startswith("cuda:"):  # a KIND_GPU instance's own GPU (serving/settings.py)
+        index = device[5:]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 

@@ -121,10 +121,10 @@ class Sender:
                 self._guarded(self._update_stats)
                 next_stats = now + self._stats_every_s
 
-    def _guarded(self, fn, *args) -> None:
+    def _guarded(self, fn, *args, **kwargs) -> None:
         # The thread must survive anything: a dead sender leaves every client waiting forever.
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             self._warn(f"sender: {type(exc).__name__}: {exc}")
 
@@ -160,28 +160,27 @@ class Sender:
                 entry.parts.append(text)
             return
 
+        # Build the final while the entry is still held, then drop the entry, then send: if
+        # building raises, the client still gets a minimal error final, and a metric or log
+        # failure after the send cannot take the final away.
+        try:
+            response, code, message, outcome = self._final_for(entry, out, text)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"building the final of {out.request_id} failed: {type(exc).__name__}: {exc}")
+            response, code, outcome = None, "INTERNAL", "error"
+            message = f"the server could not build the final response: {type(exc).__name__}"
         del self._live[out.request_id]
-        self._set_inflight()
-        if out.finish_reason == FINISH_CANCELLED:
-            self._send_error(entry.response_sender, "CANCELLED", "request cancelled")
-            outcome = "cancelled"
-        elif out.finish_reason == FINISH_ERROR:
-            message = out.error_message or "the engine failed this request"
-            self._send_error(entry.response_sender, "UNAVAILABLE" if "shut" in message else "INTERNAL", message)
-            outcome = "error"
+        if response is not None:
+            if not self._send(entry, response, final=True):
+                self._send_error(entry.response_sender, "INTERNAL", "the server could not send the final response",
+                                 count=False)
+                outcome = "error"
         else:
-            if not entry.stream:
-                text = "".join(entry.parts) + text
-            response = self._response(
-                text_output=text,
-                finish_reason=out.finish_reason or "stop",
-                num_input_tokens=out.num_input_tokens,
-                num_output_tokens=out.num_output_tokens,
-            )
-            self._send(entry, response, final=True)
-            outcome = "success"
+            self._send_error(entry.response_sender, code, message)
+        self._guarded(self._set_inflight)
         if self._metrics:
-            self._metrics.request_done(
+            self._guarded(
+                self._metrics.request_done,
                 outcome,
                 prompt_tokens=out.num_input_tokens if outcome != "error" else 0,
                 output_tokens=out.num_output_tokens if outcome != "error" else 0,
@@ -189,6 +188,23 @@ class Sender:
                 slo_ttft_ms=entry.slo_ttft_ms,
                 slo_tpot_ms=entry.slo_tpot_ms,
             )
+
+    def _final_for(self, entry: _Entry, out: RequestOutput, text: str) -> tuple[Any, str, str, str]:
+        """(success response or None, error code, error message, outcome) of a finished request."""
+        if out.finish_reason == FINISH_CANCELLED:
+            return None, "CANCELLED", "request cancelled", "cancelled"
+        if out.finish_reason == FINISH_ERROR:
+            message = out.error_message or "the engine failed this request"
+            return None, "UNAVAILABLE" if "shut" in message else "INTERNAL", message, "error"
+        if not entry.stream:
+            text = "".join(entry.parts) + text
+        response = self._response(
+            text_output=text,
+            finish_reason=out.finish_reason or "stop",
+            num_input_tokens=out.num_input_tokens,
+            num_output_tokens=out.num_output_tokens,
+        )
+        return response, "", "", "success"
 
     def _check_cancelled(self) -> None:
         # is_cancelled() is a round trip to the server: with a deep queue, check a bounded
@@ -251,26 +267,30 @@ class Sender:
             tensors.append(pb.Tensor("num_output_tokens", np.array([num_output_tokens], dtype=np.int32)))
         return pb.InferenceResponse(output_tensors=tensors)
 
-    def _send(self, entry: _Entry, response: Any, final: bool) -> None:
+    def _send(self, entry: _Entry, response: Any, final: bool) -> bool:
+        """False when send() raised (the caller of a final then falls back to an error final)."""
         flags = self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+        if final:
+            self.sent_finals += 1
         try:
             entry.response_sender.send(response, flags=flags)
+            return True
         except Exception as exc:  # noqa: BLE001 - the client went away; the engine must drop it
             if not final and not entry.cancel_requested:
                 entry.cancel_requested = True
-                self._engine.cancel(entry.request_id)
+                self._guarded(self._engine.cancel, entry.request_id)
             self._warn(f"send failed: {exc}")
-        if final:
-            self.sent_finals += 1
+            return False
 
-    def _send_error(self, response_sender: Any, code: str, message: str) -> None:
-        codes = self._error_codes
-        err = self._pb.TritonError(message, getattr(codes, code, codes.UNAVAILABLE))
+    def _send_error(self, response_sender: Any, code: str, message: str, count: bool = True) -> None:
+        if count:
+            self.sent_finals += 1
         try:
+            codes = self._error_codes
+            err = self._pb.TritonError(message, getattr(codes, code, codes.UNAVAILABLE))
             response_sender.send(self._pb.InferenceResponse(output_tensors=[], error=err), flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:  # noqa: BLE001
             self._warn(f"error final failed: {exc}")
-        self.sent_finals += 1
 
     def _set_inflight(self) -> None:
         if self._metrics:

@@ -92,3 +92,26 @@ def engine_config_from_parameters(params: dict[str, str], base: EngineConfig | N
 
 def engine_config_from_model_config(model_config: dict) -> EngineConfig:
     return engine_config_from_parameters(parameters_from_model_config(model_config))
+
+
+def place_on_instance_device(cfg: EngineConfig, instance_kind: str | None, device_id: str | int | None) -> EngineConfig:
+    """A KIND_GPU instance runs on the GPU Triton gave it.
+
+    With KIND_GPU and no `gpus:` list Triton makes one instance per visible GPU and passes each
+    its `model_instance_device_id`: the index among the devices CUDA_VISIBLE_DEVICES leaves
+    visible, which is also torch's index, so `device` auto/cuda becomes `cuda:<id>`. An explicit
+    `cpu` or `cuda:<n>` setting wins; KIND_CPU / KIND_MODEL instances are left as configured.
+    """
+    if (instance_kind or "").strip().upper() != "GPU" or cfg.device not in ("auto", "cuda"):
+        return cfg
+    try:
+        index = int(str(device_id).strip())
+    except ValueError:
+        raise SettingsError(f"KIND_GPU instance with device id {device_id!r}: expected an integer") from None
+    return dataclasses.replace(cfg, device=f"cuda:{index}")
+
+
+def engine_config_from_triton_args(args: dict) -> EngineConfig:
+    """EngineConfig for one model instance, from the `args` Triton passes to initialize()."""
+    cfg = engine_config_from_model_config(json.loads(args["model_config"]))
+    return place_on_instance_device(cfg, args.get("model_instance_kind"), args.get("model_instance_device_id", 0))

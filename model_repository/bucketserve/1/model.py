@@ -18,7 +18,7 @@ from bucket_scheduler.runtime.api import InvalidRequest, Overloaded
 from bucket_scheduler.runtime.engine import Engine
 from bucket_scheduler.serving.metrics import Metrics
 from bucket_scheduler.serving.sender import Sender
-from bucket_scheduler.serving.settings import engine_config_from_model_config
+from bucket_scheduler.serving.settings import engine_config_from_triton_args
 from bucket_scheduler.serving.validation import parse_request
 
 
@@ -28,7 +28,7 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("bucketserve needs model_transaction_policy { decoupled: true }")
         self.name = args["model_name"]
-        self.config = engine_config_from_model_config(model_config)
+        self.config = engine_config_from_triton_args(args)  # KIND_GPU: the instance's own GPU
         pb_utils.Logger.log_info(f"{self.name}: starting engine ({self.config})")
         self.engine = Engine(self.config)
         self.engine.start()
@@ -76,7 +76,8 @@ class TritonPythonModel:
     def finalize(self):
         # Stop admission and let the engine finish or fail what it holds (each gets its final
         # through the sender), then answer whatever is still pending and join the sender.
-        # drain_timeout_s must end well inside Triton's --exit-timeout-secs: Triton does not wait
-        # for decoupled requests before unloading, and past its exit timeout it aborts the process.
+        # Triton calls finalize() only after every decoupled request has had its final, so the
+        # drain itself starts earlier, from drain_file (docs/reliability.md, Shutdown); here it
+        # ends what is left, well inside --exit-timeout-secs, past which Triton aborts.
         self.engine.shutdown(timeout_s=self.config.drain_timeout_s)
         self.sender.stop(timeout_s=5.0)
