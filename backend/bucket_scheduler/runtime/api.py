@@ -105,6 +105,8 @@ class EngineConfig:
     # waits for decoupled requests before it calls finalize(), so finalize() alone is too late).
     drain_file: str = ""
     trust_remote_code: bool = False
+    # Greedy answers independent of batching (float32 compute; README, "Settings").
+    batch_invariant: bool = False
     # After MAX_CONSECUTIVE_FAULTS failed model steps the engine refuses requests and tries a
     # canary step after this many seconds (doubling per failed canary, up to 16x).
     fault_backoff_s: float = 5.0

@@ -61,8 +61,9 @@ FAULT_MARKER = "<<bucketserve-injected-fault>>"
 MAX_STOP_STRINGS = 16
 # This runner computes decode matmuls on real tokens only (padding costs only masked
 # attention), so full batches matter more than tight ones: unless told otherwise the bucket
-# policy uses the paper's Algorithm 1 boundaries and no refill padding target (measured in
-# docs/benchmarks.md, Engine). The core's own defaults suit a fully padded runtime.
+# policy splits at the median of the waiting lengths (a split always makes progress; the
+# paper's rule stays available as bucket_mode=algorithm1) with no refill padding target
+# (measured in docs/benchmarks.md, Engine). The core's own defaults suit a fully padded runtime.
 RUNTIME_SCHEDULER_DEFAULTS = {"bucket": {"bucket_mode": "median", "refill_padding_target": 0.0}}
 OnOutput = Callable[[RequestOutput], None]
 
@@ -126,7 +127,9 @@ class Engine:
         self._validate_config(config)
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
         self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.dtype = resolve_dtype(_batch_invariant_dtype(config), self.device)
+        if config.batch_invariant and self.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = False  # TF32 rounding depends on the kernel picked
         self.model_path = resolve_model(config.model_dir)
         model, self.tokenizer = load_model(self.model_path, self.dtype, self.device, config.trust_remote_code)
         self.prepacked_linears = prepack_linears(model)  # bf16 on CPU only; same results, faster
@@ -627,6 +630,18 @@ class Engine:
             for live in list(self._live.values()):
                 self.scheduler.finish(live.seq.request_id, now)
                 self._final(live, FINISH_ERROR, now, error=message)
+
+
+def _batch_invariant_dtype(cfg: EngineConfig) -> str:
+    """batch_invariant: greedy output must not depend on the batch a request lands in. In
+    bfloat16 the rounding of a row's matmuls and attention changes with the batch's shape and
+    flips near-ties (measured: 4 of 8 SmolLM2 answers differed between alone and among 24);
+    float32 keeps every row's numbers within ~1e-5 of alone, below any argmax gap seen."""
+    if not cfg.batch_invariant:
+        return cfg.dtype
+    if cfg.dtype not in ("auto", "float32", "fp32"):
+        raise ValueError(f"batch_invariant runs in float32; remove dtype={cfg.dtype!r} or set dtype=float32")
+    return "float32"
 
 
 def _finite(x) -> bool:
