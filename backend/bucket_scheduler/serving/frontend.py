@@ -87,7 +87,8 @@ def tokenizer_dirs(source: Path, models: list[str], overrides: dict[str, dict[st
 
 def frontend_command(grpc_url: str, host: str, port: int, models: list[str], dirs: dict[str, tuple[str, bool]],
                      max_body_bytes: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "bucket_scheduler.serving.openai.server", f"--grpc-url={grpc_url}", f"--host={host}", f"--port={port}"]
+    cmd = [sys.executable, "-m", "bucket_scheduler.serving.openai.server", f"--grpc-url={grpc_url}", f"--host={host}", f"--port={port}",
+           f"--parent-pid={os.getpid()}"]
     for name in models:
         path, trust = dirs.get(name, ("", False))
         cmd.append(f"--model={name}={path}" if path else f"--model={name}")

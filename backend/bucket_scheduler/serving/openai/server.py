@@ -7,7 +7,11 @@ it can also run on its own against any tritonserver that hosts BucketServe model
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import time
 
 from .app import DEFAULT_MAX_BODY_BYTES, FrontendConfig, create_app
 
@@ -35,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="allow tokenizer code from this model's directory")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone (the launcher passes its own)")
     args = p.parse_args(argv)
+    if args.parent_pid:
+        watch_parent(args.parent_pid)
 
     import uvicorn
 
@@ -46,6 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(create_app(config), host=args.host, port=args.port, loop="uvloop", http="httptools",
                 log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5)
     return 0
+
+
+def watch_parent(pid: int, every_s: float = 1.0) -> None:
+    """The launcher runs us in our own session (a Ctrl-C reaches only the launcher, which stops
+    Triton first). If the launcher is killed outright, nobody would stop us: leave by ourselves."""
+
+    def watch():
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != pid:
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
