@@ -197,12 +197,14 @@ class ColocatedInstance(Instance):
 
 
 def chunk_prefill_ms(cost: CostModel, chunks: list[tuple[int, int]]) -> float:
-    """Prefill of prompt chunks (prefix already cached, n new tokens): the quadratic term
-    becomes n * (prefix + n), so a whole prompt in one chunk costs what prefill_ms says."""
+    """Prefill of prompt chunks (prefix already cached, n new tokens).  The quadratic term
+    c * L^2 is attention over every earlier position; a chunk's share of it is
+    (p + n)^2 - p^2 = n * (2p + n), so chunks of one prompt add up to its one-shot cost
+    (plus one constant term a step)."""
     if not chunks:
         return 0.0
     a, b, c = cost.prefill
-    return a + b * sum(n for _, n in chunks) + c * sum(n * (p + n) for p, n in chunks)
+    return a + b * sum(n for _, n in chunks) + c * sum(n * (2 * p + n) for p, n in chunks)
 
 
 class PrefillInstance(Instance):

@@ -1,0 +1,85 @@
+"""`bucketserve-bench sim`: the paper scenario end to end (quick form), and its pure pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bucket_scheduler.core.sim import ClusterSpec, default_config, simulate, build
+from bucket_scheduler.core.sim.workload import SimRequestSpec
+from bucketserve_bench import cli
+from bucketserve_bench.metrics import summarize_run
+from bucketserve_bench.sim import PAPER, comparisons
+from bucketserve_bench.sim_sweep import to_results
+
+REPO = Path(__file__).resolve().parents[2]
+HEADLINE = {"throughput_vs_uellm_mixed": 3.58, "slo_rate_vs_distserve_mixed": 1.93, "load_capacity_vs_uellm_alpaca": 1.975}
+
+
+def test_quick_paper_scenario_prints_the_comparisons_as_its_last_line(tmp_path):
+    out = tmp_path / "sim"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bucketserve_bench.cli", "sim", "--scenario", "paper", "--quick", "--json", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    by = {c["name"]: c for c in last["comparisons"]}
+    assert HEADLINE.items() <= {k: v["paper"] for k, v in by.items()}.items()
+    for c in last["comparisons"]:
+        assert c["bucket"] > 0 and c["baseline"] > 0, c
+        assert math.isclose(c["ours"], c["bucket"] / c["baseline"], rel_tol=1e-3), c
+    # BucketServe and UELLM ran the same requests; both throughputs are from saturated runs
+    report = json.loads((out / "sim_results.json").read_text())
+    for wl in ("alpaca", "mixed"):
+        res = report["results"][wl]
+        assert 1 <= res["num_prefill"] <= 3
+        systems = {s["name"]: s for s in res["systems"]}
+        assert set(systems) == {"bucketserve", "distserve", "uellm", "static", "vllm"}
+        for s in systems.values():
+            for run in s["runs"]:
+                assert run["completed"] == run["num_requests"] == 60, (wl, s["name"], run["rate"])
+                assert run["slo_attainment"] is None or 0 <= run["slo_attainment"] <= 1
+        assert systems["bucketserve"]["num_prefill"] == systems["distserve"]["num_prefill"] == res["num_prefill"]
+    assert (out / "comparisons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "mixed" / "slo_attainment_vs_rate.png").is_file()
+    assert "| throughput_vs_uellm_mixed | 3.58x |" in (out / "sim_report.md").read_text()
+
+
+def test_no_subcommand_still_means_the_serving_sweep(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    assert "--rate-factors" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["sim", "--help"])
+    assert "--scenario" in capsys.readouterr().out
+
+
+def test_simulated_records_summarise_like_served_ones():
+    reqs = [SimRequestSpec(0, "alpaca", 0.0, 50, 4, 0.25, 0.1), SimRequestSpec(1, "longbench", 1.0, 4000, 4, 0.25, 0.1)]
+    run = simulate(build(default_config("vllm"), ClusterSpec(num_gpus=1)), reqs)
+    s = summarize_run("vllm", "rate", 1.0, to_results(run))
+    assert s.completed == 2 and s.output_tokens_per_s > 0
+    assert s.slo_attainment == 0.5  # the 4000-token prompt cannot make a 250 ms TTFT
+
+
+def test_comparisons_divide_bucket_by_baseline_and_flag_the_25_percent_band():
+    def system(name, tok, cap, sat):
+        return {"name": name, "runs": [{"mode": "offline", "output_tokens_per_s": tok}],
+                "capacity": {"rate": cap, "bound": "interpolated"}, "load_capacity": {"rate": sat, "bound": "saturated"}}
+
+    results = {wl: {"systems": [system("bucketserve", 700, 4.0, 6.0), system("uellm", 200, 1.0, 3.0),
+                                system("distserve", 500, 2.0, 5.0)]} for wl in ("alpaca", "mixed")}
+    by = {c["name"]: c for c in comparisons(results)}
+    assert len(by) == len(PAPER)
+    assert by["throughput_vs_uellm_mixed"]["ours"] == 3.5 and by["throughput_vs_uellm_mixed"]["within_25pct"]
+    assert by["slo_rate_vs_distserve_mixed"]["ours"] == 2.0
+    assert by["load_capacity_vs_uellm_alpaca"]["ours"] == 2.0
+    assert not by["throughput_vs_distserve_mixed"]["within_25pct"] is False  # 1.4 vs 1.31: inside
+    assert not by["load_capacity_vs_uellm_mixed"]["within_25pct"]  # 2.0 vs 3.47
