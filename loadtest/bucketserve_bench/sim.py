@@ -1,6 +1,7 @@
 """bucketserve-bench sim: the paper's comparisons on a simulated GPU cluster.
 
     bucketserve-bench sim --scenario paper [--quick] [--json] [--out DIR]
+    bucketserve-bench sim --scenario cpu [--rates R1,R2,...]   # validation on this CPU (sim_validate.py)
 
 Runs BucketServe, DistServe, UELLM, static batching and vLLM-style continuous batching
 (core/sim) on 4 simulated A100 40 GB with a Llama-2-13B-shaped model, on Alpaca-like and
@@ -42,7 +43,8 @@ BASELINES = ("distserve", "uellm", "static", "vllm")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bucketserve-bench sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", choices=("paper",), default="paper")
+    p.add_argument("--scenario", choices=("paper", "cpu"), default="paper",
+                   help="paper: the paper's comparisons; cpu: fit and validate the simulator on this machine's engine")
     p.add_argument("--quick", action="store_true", help="a small form (60 requests, 5 rates): seconds, for CI")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line holding the comparisons")
     p.add_argument("--out", default="sim-results", help="output directory (default sim-results/)")
@@ -99,6 +101,13 @@ def comparisons(results: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--scenario", default="paper")
+    known, rest = pre.parse_known_args(argv)
+    if known.scenario == "cpu":
+        from . import sim_validate  # imports the torch engine
+
+        return sim_validate.main(rest)
     args = parse_args(argv)
     started = time.time()
     out = Path(args.out)

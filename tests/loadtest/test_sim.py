@@ -83,3 +83,26 @@ def test_comparisons_divide_bucket_by_baseline_and_flag_the_25_percent_band():
     assert by["load_capacity_vs_uellm_alpaca"]["ours"] == 2.0
     assert not by["throughput_vs_distserve_mixed"]["within_25pct"] is False  # 1.4 vs 1.31: inside
     assert not by["load_capacity_vs_uellm_mixed"]["within_25pct"]  # 2.0 vs 3.47
+
+
+def test_cost_model_fit_recovers_known_coefficients_from_steps():
+    import random
+
+    from bucket_scheduler.core.clock import CostModel
+    from bucketserve_bench.sim_fit import StepSample, fit_cost_model, fit_error, predict_ms
+
+    truth = CostModel(prefill=(30.0, 0.5, 2e-4), decode_small=(15.0, 0.004, 1.2), decode_switch_bs=1 << 30, padded=True)
+    rng = random.Random(0)
+    samples = []
+    for _ in range(300):
+        pre = tuple(rng.randint(4, 512) for _ in range(rng.choice([0, 0, 1, 3, 8])))
+        dec = tuple(rng.randint(4, 600) for _ in range(rng.randint(0 if pre else 1, 32)))
+        ms = truth.prefill_ms(list(pre)) + truth.decode_ms(list(dec))
+        samples.append(StepSample(pre, dec, ms * rng.uniform(0.97, 1.03) / 1000))
+    fit = fit_cost_model(samples)
+    for got, want in zip(fit.prefill + fit.decode_small, truth.prefill + truth.decode_small):
+        assert got == pytest.approx(want, rel=0.15)
+    assert fit_error(fit, samples)["total_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert predict_ms(fit, StepSample((), (), 0.0)) == 0.0
+    with pytest.raises(ValueError, match="at least 6"):
+        fit_cost_model(samples[:3])

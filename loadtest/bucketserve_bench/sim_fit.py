@@ -1,0 +1,77 @@
+"""Fit the cost model's coefficients to measured engine steps (least squares, pure numpy).
+
+One engine step prefills the admitted prompts (padded to the longest: n x w slots) and
+then decodes every running row; its measured time is modelled as
+
+    T = [prefill] (a_p + b_p * n*w + c_p * n*w^2) + [decode] (a_d + b_d * bs*(ctx_max + 1) + c_d * bs)
+
+which is core/clock.py's CostModel with padded=True and one decode coefficient set.
+Coefficients are kept non-negative (an active-set loop: a negative one is fixed at 0 and
+the rest refitted), so the model never predicts faster steps for more work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bucket_scheduler.core.clock import CostModel
+
+
+@dataclass(frozen=True)
+class StepSample:
+    prefill_lens: tuple[int, ...]  # prompts prefilled this step
+    decode_lens: tuple[int, ...]  # context length of every decoded row
+    seconds: float
+
+
+def features(s: StepSample) -> list[float]:
+    f = [0.0] * 6
+    if s.prefill_lens:
+        n, w = len(s.prefill_lens), max(s.prefill_lens)
+        f[0:3] = [1.0, n * w, n * w * w]
+    if s.decode_lens:
+        bs = len(s.decode_lens)
+        f[3:6] = [1.0, bs * (max(s.decode_lens) + 1), bs]
+    return f
+
+
+def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    free = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while free:
+        sol, *_ = np.linalg.lstsq(x[:, free], y, rcond=None)
+        if (sol >= 0).all():
+            coef[:] = 0
+            coef[free] = sol
+            return coef
+        free.pop(int(np.argmin(sol)))
+    return coef
+
+
+def fit_cost_model(samples: list[StepSample]) -> CostModel:
+    """Milliseconds, like DistServe's coefficients; relative least squares (every step counts alike)."""
+    if len(samples) < 6:
+        raise ValueError(f"need at least 6 measured steps to fit 6 coefficients, got {len(samples)}")
+    x = np.array([features(s) for s in samples], dtype=float)
+    y = np.array([s.seconds * 1000.0 for s in samples], dtype=float)
+    w = 1.0 / np.maximum(y, 1e-3)  # relative error: short decode steps weigh as much as long prefills
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # columns of very different size
+    coef = _nnls((x / scale) * w[:, None], y * w) / scale
+    a_p, b_p, c_p, a_d, b_d, c_d = (float(v) for v in coef)
+    return CostModel(prefill=(a_p, b_p, c_p), decode_small=(a_d, b_d, c_d), decode_large=(a_d, b_d, c_d),
+                     decode_switch_bs=1 << 30, padded=True)
+
+
+def predict_ms(cost: CostModel, s: StepSample) -> float:
+    return cost.prefill_ms(list(s.prefill_lens)) + cost.decode_ms(list(s.decode_lens))
+
+
+def fit_error(cost: CostModel, samples: list[StepSample]) -> dict:
+    """Total predicted / measured step time, and the median relative error of single steps."""
+    pred = [predict_ms(cost, s) for s in samples]
+    meas = [s.seconds * 1000.0 for s in samples]
+    rel = sorted(abs(p - m) / m for p, m in zip(pred, meas) if m > 0)
+    return {"steps": len(samples), "total_ratio": round(sum(pred) / sum(meas), 4) if sum(meas) else None,
+            "median_abs_rel_err": round(rel[len(rel) // 2], 4) if rel else None}
