@@ -36,8 +36,8 @@ PAPER = [
     ("slo_rate_vs_distserve_alpaca", "slo_rate", "alpaca", "distserve", 1.37),
     ("load_capacity_vs_uellm_mixed", "load_capacity", "mixed", "uellm", 3.47),
 ]
-FULL = dict(num_requests=600, rate_factors="0.05,0.1,0.2,0.3,0.45,0.6,0.75,0.9,1.05,1.2,1.5,2")
-QUICK = dict(num_requests=60, rate_factors="0.1,0.4,0.8,1.5,3")
+FULL = dict(num_requests=600, rate_factors="0.05,0.1,0.2,0.3,0.45,0.6,0.75,0.9,1.05,1.2,1.5,2", min_duration_s=40.0)
+QUICK = dict(num_requests=60, rate_factors="0.1,0.4,0.8,1.5,3", min_duration_s=0.0)
 BASELINES = ("distserve", "uellm", "static", "vllm")
 
 
@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workloads", default="alpaca,mixed")
     p.add_argument("--num-requests", type=int, default=None, help="requests per run (default 600; quick 60)")
     p.add_argument("--rate-factors", default=None, help="swept rates as multiples of vLLM's saturated request rate")
+    p.add_argument("--min-duration", type=float, default=None,
+                   help="a Poisson run sends at least rate x this many seconds of requests (default 40; quick 0)")
     p.add_argument("--mixed-long-share", type=float, default=0.2, help="share of LongBench requests in Mixed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
@@ -58,19 +60,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     base = QUICK if args.quick else FULL
     args.num_requests = args.num_requests or base["num_requests"]
     args.rate_factors = args.rate_factors or base["rate_factors"]
+    args.min_duration = base["min_duration_s"] if args.min_duration is None else args.min_duration
     return args
 
 
-def run_workload(cluster: ClusterSpec, wl: PaperWorkload, factors: list[float], log) -> dict:
+def run_workload(cluster: ClusterSpec, wl: PaperWorkload, factors: list[float], log, min_duration_s: float = 0.0) -> dict:
     """Every system on one workload: the DistServe split search first, BucketServe on its split."""
     basis = run_point(default_config("vllm"), cluster, wl, None)["throughput_rps"]
     rates = [round(f * basis, 4) for f in factors]
     log(f"[sim] {wl.name}: {wl.num_requests} requests, rates {rates} req/s (x vLLM's saturated {basis:.2f} req/s)")
-    n, tried = best_split(default_config("distserve"), cluster, wl, rates, splits(cluster))
+    n, tried = best_split(default_config("distserve"), cluster, wl, rates, splits(cluster), min_duration_s)
     log(f"[sim] {wl.name}: DistServe pool search {sim_report.split_summary(tried)} -> {n} prefill + {cluster.num_gpus - n} decode")
-    sweeps = {"bucketserve": sweep(default_config("bucketserve"), cluster, wl, rates, n), "distserve": tried[n]}
+    sweeps = {"bucketserve": sweep(default_config("bucketserve"), cluster, wl, rates, n, min_duration_s=min_duration_s),
+              "distserve": tried[n]}
     for name in BASELINES[1:]:
-        sweeps[name] = sweep(default_config(name), cluster, wl, rates)
+        sweeps[name] = sweep(default_config(name), cluster, wl, rates, min_duration_s=min_duration_s)
     return {"rates": rates, "rate_basis_rps": basis, "num_prefill": n,
             "split_search": {k: {"rate_at_90": v.capacity(DISTSERVE_TARGET)["rate"],
                                  "offline_output_tokens_per_s": v.offline["output_tokens_per_s"]} for k, v in tried.items()},
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     results = {}
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         wl = PaperWorkload(name, args.num_requests, cluster.max_model_len, args.mixed_long_share, args.seed)
-        results[name] = run_workload(cluster, wl, factors, log)
+        results[name] = run_workload(cluster, wl, factors, log, args.min_duration)
         results[name]["workload"] = sim_report.describe_workload(wl)
     report = {
         "scenario": args.scenario, "quick": args.quick, "wall_s": round(time.time() - started, 1),

@@ -29,6 +29,7 @@ def describe_setup(cluster, args) -> dict:
         "memory_fraction": cluster.memory_fraction, "max_model_len": cluster.max_model_len,
         "link_gb_per_s": cluster.link_bytes_per_s / 1e9, "cost_model": asdict(g.cost),
         "num_requests": args.num_requests, "rate_factors": args.rate_factors, "seed": args.seed,
+        "min_duration_s": args.min_duration, "mixed_long_share": args.mixed_long_share,
         "systems": {n: _cfg(default_config(n)) for n in ("bucketserve", "distserve", "uellm", "static", "vllm")},
     }
 

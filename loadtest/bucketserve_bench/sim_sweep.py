@@ -10,7 +10,8 @@ the saturated run (every request queued at t=0).  Each Poisson run also records
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 from bucket_scheduler.core.sim import ClusterSpec, PaperWorkload, SystemConfig, build, simulate
 from bucket_scheduler.core.sim.cluster import SimRun
@@ -40,8 +41,14 @@ def to_results(run: SimRun) -> list[RequestResult]:
 
 
 def run_point(cfg: SystemConfig, cluster: ClusterSpec, workload: PaperWorkload, rate: float | None,
-              num_prefill: int | None = None) -> dict:
-    """One run: rate None = every request at t=0 without SLOs (saturated throughput)."""
+              num_prefill: int | None = None, min_duration_s: float = 0.0) -> dict:
+    """One run: rate None = every request at t=0 without SLOs (saturated throughput).
+
+    A Poisson run sends at least rate x min_duration_s requests (the workload's list,
+    extended with the same seed): a short burst far above capacity can still meet a TPOT
+    target, because the queueing before decode is spread over every output token."""
+    if rate is not None and min_duration_s > 0:
+        workload = replace(workload, num_requests=max(workload.num_requests, math.ceil(rate * min_duration_s)))
     run = simulate(build(cfg, cluster, num_prefill), workload.requests(rate, online=rate is not None))
     summary = asdict(summarize_run(cfg.name, "offline" if rate is None else "rate", rate, to_results(run)))
     pads = [(g["prefill_padding_efficiency"], g["busy_s"]) for g in run.gpus if g["prefill_padding_efficiency"] is not None]
@@ -74,20 +81,20 @@ class SystemSweep:
 
 
 def sweep(cfg: SystemConfig, cluster: ClusterSpec, workload: PaperWorkload, rates: list[float],
-          num_prefill: int | None = None, offline: bool = True) -> SystemSweep:
+          num_prefill: int | None = None, offline: bool = True, min_duration_s: float = 0.0) -> SystemSweep:
     s = SystemSweep(cfg.name, num_prefill)
     if offline:
         s.offline = run_point(cfg, cluster, workload, None, num_prefill)
-    s.runs = [run_point(cfg, cluster, workload, r, num_prefill) for r in rates]
+    s.runs = [run_point(cfg, cluster, workload, r, num_prefill, min_duration_s) for r in rates]
     return s
 
 
 def best_split(cfg: SystemConfig, cluster: ClusterSpec, workload: PaperWorkload, rates: list[float],
-               candidates: list[int]) -> tuple[int, dict[int, SystemSweep]]:
+               candidates: list[int], min_duration_s: float = 0.0) -> tuple[int, dict[int, SystemSweep]]:
     """DistServe's placement search, reduced to pool sizes: the prefill pool size whose sweep
     holds the highest rate at 90% SLO attainment (goodput at DistServe's attainment level);
     ties go to the higher saturated throughput."""
-    tried = {n: sweep(cfg, cluster, workload, rates, n) for n in candidates}
+    tried = {n: sweep(cfg, cluster, workload, rates, n, min_duration_s=min_duration_s) for n in candidates}
 
     def score(n):
         cap = tried[n].capacity(DISTSERVE_TARGET)["rate"] or 0.0

@@ -178,3 +178,12 @@ def test_deployment_shapes_are_checked():
         Deployment()
     with pytest.raises(ValueError, match="unknown system"):
         default_config("orca")
+
+
+def test_router_sends_a_prompt_to_the_prefill_gpu_that_is_free_first():
+    """Two prefill GPUs: a short prompt arriving while one computes a long prompt goes to the other."""
+    reqs = [spec(0, 4000, 2, t=0.0, ttft=15.0, tpot=0.15, source="longbench"), spec(1, 60, 2, t=0.01, ttft=0.25, tpot=0.1)]
+    run = simulate(build(default_config("distserve"), CLUSTER, 2), reqs)
+    short = run.records[1]
+    assert short.first_token_s - short.spec.arrival_s < 0.05  # it did not wait for the 0.5 s prefill
+    assert [g["steps"] for g in run.gpus[:2]] == [1, 1]

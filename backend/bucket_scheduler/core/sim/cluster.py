@@ -2,9 +2,10 @@
 
 A Deployment is a list of colocated instances (data parallel, one model copy per GPU),
 or a prefill pool plus a decode pool (disaggregated).  Each arrival goes to the
-instance of its pool with the fewest outstanding requests (prefill pool: fewest
-outstanding prompt tokens); a finished prefill is sent to the least-loaded decode
-instance and lands there after the KV transfer time.
+colocated instance with the fewest outstanding requests, or to the prefill instance
+expected to be free first (the step in progress plus its queued prompt tokens); a
+finished prefill is sent to the decode instance with the fewest outstanding requests
+and lands there after the KV transfer time.
 
 Events are (time, seq, kind, payload) in one heap; each instance has at most one step
 event pending.  A step's effects (tokens, finishes, handoffs) carry its end time.
@@ -50,10 +51,10 @@ class Deployment:
     def instances(self) -> list[Instance]:
         return self.colocated + self.prefill + self.decode
 
-    def entry(self) -> Instance:
+    def entry(self, now: float) -> Instance:
         if self.colocated:
             return min(self.colocated, key=lambda i: i.outstanding)
-        return min(self.prefill, key=lambda i: i.prompt_tokens)
+        return min(self.prefill, key=lambda i: i.expected_wait_ms(now))
 
     def decode_target(self) -> DecodeInstance:
         return min(self.decode, key=lambda i: i.outstanding)
@@ -85,7 +86,7 @@ def simulate(deploy: Deployment, specs: list[SimRequestSpec], max_events: int = 
             raise RuntimeError(f"simulation did not settle after {max_events} events")
         now, _, kind, obj = heapq.heappop(heap)
         if kind == "arrive" or kind == "kv":
-            inst = deploy.entry() if kind == "arrive" else deploy.decode_target()
+            inst = deploy.entry(now) if kind == "arrive" else deploy.decode_target()
             if inst.submit(obj, now):
                 wake(inst, now)
             continue

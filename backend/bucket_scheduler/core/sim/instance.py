@@ -88,6 +88,7 @@ class Instance:
         self.idle_tick_s = idle_tick_s
         self.records: dict[str, SimRecord] = {}
         self.busy_s = 0.0
+        self.busy_until = 0.0  # end of the step in progress
         self.steps = 0
         self.preemptions = 0
         self.prefill_useful = self.prefill_computed = 0
@@ -158,6 +159,7 @@ class ColocatedInstance(Instance):
             for r in out.running:
                 self._token(r, t)
         self.busy_s += t - now
+        self.busy_until = t
         return t
 
     def _token(self, r: Request, t: float) -> None:
@@ -193,6 +195,7 @@ class ColocatedInstance(Instance):
         for r in decoding + finishing:
             self._token(r, t)
         self.busy_s += t - now
+        self.busy_until = t
         return t
 
 
@@ -214,6 +217,10 @@ class PrefillInstance(Instance):
         super().__init__(name, sched, cost)
         self.handoff = handoff
         self.prompt_tokens = 0  # outstanding, for the router
+
+    def expected_wait_ms(self, now: float) -> float:
+        """Until this GPU could start a new prompt: the step in progress plus the queued prompts."""
+        return max(0.0, self.busy_until - now) * 1000.0 + self.cost.prefill[1] * self.prompt_tokens
 
     def submit(self, rec: SimRecord, now: float) -> bool:
         # Only the prompt's KV lives here (until it is sent): one new token's worth of room.
@@ -241,6 +248,7 @@ class PrefillInstance(Instance):
             else:
                 self.handoff(rec, t)
         self.busy_s += t - now
+        self.busy_until = t
         return t
 
 
@@ -268,4 +276,5 @@ class DecodeInstance(Instance):
                 rec.finish_s = t
                 del self.records[r.request_id]
         self.busy_s += t - now
+        self.busy_until = t
         return t
