@@ -24,7 +24,7 @@ from bucket_scheduler.core.sim.systems import splits
 
 from . import report as rep
 from . import sim_report
-from .sim_sweep import DISTSERVE_TARGET, TARGET, best_split, run_point, sweep
+from .sim_sweep import DISTSERVE_TARGET, KEEP_UP, TARGET, best_split, run_point, sweep
 
 # (name, metric, workload, baseline, paper ratio): the paper's headline comparisons.
 PAPER = [
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     report = {
         "scenario": args.scenario, "quick": args.quick, "wall_s": round(time.time() - started, 1),
         "machine": rep.machine_info(), "setup": sim_report.describe_setup(cluster, args),
-        "targets": {"slo_attainment": TARGET, "distserve_split_attainment": DISTSERVE_TARGET},
+        "targets": {"slo_attainment": TARGET, "distserve_split_attainment": DISTSERVE_TARGET, "keep_up": KEEP_UP},
         "results": results, "comparisons": comparisons(results),
     }
     pngs = [] if args.no_plots else sim_report.plots(report, out)

@@ -72,7 +72,7 @@ def test_simulated_records_summarise_like_served_ones():
 def test_comparisons_divide_bucket_by_baseline_and_flag_the_25_percent_band():
     def system(name, tok, cap, sat):
         return {"name": name, "runs": [{"mode": "offline", "output_tokens_per_s": tok}],
-                "capacity": {"rate": cap, "bound": "interpolated"}, "load_capacity": {"rate": sat, "bound": "saturated"}}
+                "capacity": {"rate": cap, "bound": "interpolated"}, "load_capacity": {"rate": sat, "bound": "interpolated"}}
 
     results = {wl: {"systems": [system("bucketserve", 700, 4.0, 6.0), system("uellm", 200, 1.0, 3.0),
                                 system("distserve", 500, 2.0, 5.0)]} for wl in ("alpaca", "mixed")}
@@ -106,3 +106,15 @@ def test_cost_model_fit_recovers_known_coefficients_from_steps():
     assert predict_ms(fit, StepSample((), (), 0.0)) == 0.0
     with pytest.raises(ValueError, match="at least 6"):
         fit_cost_model(samples[:3])
+
+
+def test_keep_up_is_one_under_light_load_and_falls_under_overload():
+    from bucket_scheduler.core.sim import PaperWorkload
+    from bucketserve_bench.sim_sweep import keep_up
+
+    one_gpu = ClusterSpec(num_gpus=1)
+    wl = PaperWorkload("alpaca", 150, seed=4)
+    light = simulate(build(default_config("static"), one_gpu), wl.requests(1.0))
+    heavy = simulate(build(default_config("static"), one_gpu), wl.requests(20.0))
+    assert keep_up(light) > 0.95
+    assert keep_up(heavy) < 0.5
