@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-requests", type=int, default=24, help="requests per run (the serving benchmark's default)")
     p.add_argument("--model-dir", default=None, help="default: the served model (SmolLM2-135M)")
     p.add_argument("--dtype", default="auto", help="default: the served dtype (bfloat16 on CPU)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--slo-ttft-ms", type=float, default=4000.0, help="online TTFT target (the served benchmark's calibrated 4088 ms)")
     p.add_argument("--slo-tpot-ms", type=float, default=170.0)
@@ -152,12 +152,13 @@ class EngineRun:
 
 
 def simulate_run(policy: str, options: dict, cost: CostModel, results: list[RequestResult], kv, free_bytes: int,
-                 args, arrivals: list[float] | None) -> list[RequestResult]:
-    """The same requests (the prompt lengths the engine counted) on one simulated CPU 'GPU'."""
+                 args) -> list[RequestResult]:
+    """The same requests (the prompt lengths the engine counted, the times they were
+    submitted) on one simulated CPU 'GPU'."""
     planner = MemoryPlanner(kv, FixedProbe(free_bytes), memory_fraction=0.9)
     sched = make_scheduler(policy, planner, args.max_model_len, 32, **options)
     inst = ColocatedInstance("cpu", sched, cost, step_mode="engine")
-    specs = [SimRequestSpec(i, "bench", arrivals[i] if arrivals else 0.0, r.server_prompt_tokens or r.prompt_tokens,
+    specs = [SimRequestSpec(i, "bench", r.send_time, r.server_prompt_tokens or r.prompt_tokens,
                             r.expected_output_tokens,
                             None if r.slo_ttft_ms is None else r.slo_ttft_ms / 1000,
                             None if r.slo_tpot_ms is None else r.slo_tpot_ms / 1000)
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
             for rate in rates:
                 offs = poisson_offsets(len(val_set), rate, args.validate_seed)
                 rate_runs[rate] = (er.run(val_set, offs, f"r{rate:g}"), offs)
+                log(f"[cpu] {policy}: rate {rate:g} done")
         finally:
             er.close()
         fit_samples += fit_steps
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
                "fit_error_validation_set": fit_error(cost, m["val_steps"])}
         for label in ("fit", "val"):
             meas = summarize_run(policy, "offline", None, m[label])
-            pred = summarize_run(policy, "offline", None, simulate_run(policy, m["options"], cost, m[label], kv, free, args, None))
+            pred = summarize_run(policy, "offline", None, simulate_run(policy, m["options"], cost, m[label], kv, free, args))
             row[label] = {"measured_tok_s": round(meas.output_tokens_per_s, 2), "predicted_tok_s": round(pred.output_tokens_per_s, 2),
                           "error": round(pred.output_tokens_per_s / meas.output_tokens_per_s - 1, 4),
                           "measured_ttft_p50_ms": meas.ttft_ms["p50"], "predicted_ttft_p50_ms": pred.ttft_ms["p50"]}
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
             pts_m, pts_p = [], []
             for rate, (res, offs) in m["rates"].items():
                 pts_m.append((rate, summarize_run(policy, "rate", rate, res).slo_attainment))
-                sim_res = simulate_run(policy, m["options"], cost, res, kv, free, args, [r.send_time for r in res])
+                sim_res = simulate_run(policy, m["options"], cost, res, kv, free, args)
                 pts_p.append((rate, summarize_run(policy, "rate", rate, sim_res).slo_attainment))
             cm, cp = rate_at_attainment(pts_m), rate_at_attainment(pts_p)
             row["slo"] = {"measured": pts_m, "predicted": pts_p, "measured_rate_at_80": asdict(cm), "predicted_rate_at_80": asdict(cp),
