@@ -23,7 +23,7 @@ from bucket_scheduler.core.sim import ClusterSpec, PaperWorkload, default_config
 from bucket_scheduler.core.sim.systems import splits
 
 from . import report as rep
-from . import sim_report
+from . import sim_report, sim_sensitivity
 from .sim_sweep import DISTSERVE_TARGET, KEEP_UP, TARGET, best_split, run_point, sweep
 
 # (name, metric, workload, baseline, paper ratio): the paper's headline comparisons.
@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixed-long-share", type=float, default=0.2, help="share of LongBench requests in Mixed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also recompute the comparisons under one changed assumption at a time (sim_sensitivity.py; minutes)")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     args.num_requests = args.num_requests or base["num_requests"]
@@ -130,6 +132,10 @@ def main(argv=None) -> int:
         "targets": {"slo_attainment": TARGET, "distserve_split_attainment": DISTSERVE_TARGET, "keep_up": KEEP_UP},
         "results": results, "comparisons": comparisons(results),
     }
+    if args.sensitivity:
+        light = max(60, args.num_requests // 2)
+        report["sensitivity"] = {"num_requests": light, "min_duration_s": args.min_duration / 2, "rows": sim_sensitivity.run(
+            cluster, results, light, args.seed, args.mixed_long_share, args.min_duration / 2, log)}
     pngs = [] if args.no_plots else sim_report.plots(report, out)
     report["plots"] = [str(p) for p in pngs]
     rep.write_json(out / "sim_results.json", report)

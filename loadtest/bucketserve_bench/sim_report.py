@@ -72,6 +72,12 @@ def markdown(report: dict) -> str:
             good = max((r["goodput_rps"] for r in sys_["runs"] if r["mode"] == "rate"), default=None)
             lines.append(f"| {sys_['name']} | {_f(off and off['output_tokens_per_s'], '{:.0f}')} | {_bound(cap)} | {_bound(load)} | "
                          f"{_f(good)} | {_f(off and off['gpu_utilization'])} | {_f(off and off['padding_efficiency'])} |")
+    if report.get("sensitivity"):
+        from .sim_sensitivity import markdown as sens_md
+
+        sens = report["sensitivity"]
+        lines += ["", f"Sensitivity ({sens['num_requests']} requests a run, every other rate):", "",
+                  sens_md(sens["rows"], {c["name"]: c["paper"] for c in report["comparisons"]})]
     return "\n".join(lines) + "\n"
 
 

@@ -118,3 +118,18 @@ def test_keep_up_is_one_under_light_load_and_falls_under_overload():
     heavy = simulate(build(default_config("static"), one_gpu), wl.requests(20.0))
     assert keep_up(light) > 0.95
     assert keep_up(heavy) < 0.5
+
+
+def test_sensitivity_variants_change_only_their_assumption():
+    from bucketserve_bench.sim_sensitivity import VARIANTS, configs
+
+    base = configs({})
+    by = {name: configs(change) for name, _, change in VARIANTS}
+    assert by["as configured"] == base
+    assert by["bucket_mode dp"]["bucketserve"].prefill.options["bucket_mode"] == "dp"
+    assert base["bucketserve"].prefill.options["bucket_mode"] == "algorithm1"
+    assert not by["BucketServe prefill unpadded"]["bucketserve"].prefill_padded and base["bucketserve"].prefill_padded
+    assert by["DistServe prefill padded"]["distserve"].prefill_padded and not base["distserve"].prefill_padded
+    assert by["UELLM histogram predictor"]["uellm"].colocated.options["predictor"] == "histogram"
+    for name in ("bucket_mode dp", "BucketServe prefill unpadded"):
+        assert by[name]["distserve"] == base["distserve"] and by[name]["uellm"] == base["uellm"]
