@@ -151,6 +151,14 @@ class EngineRun:
         self.engine.shutdown(timeout_s=1)
 
 
+def _save_measured(path: Path, measured: dict) -> None:
+    path.write_text(json.dumps({p: {"options": m["options"],
+                                    "fit": [asdict(r) for r in m["fit"]], "val": [asdict(r) for r in m["val"]],
+                                    "fit_steps": [asdict(x) for x in m["fit_steps"]], "val_steps": [asdict(x) for x in m["val_steps"]],
+                                    "rates": {str(k): [asdict(r) for r in v[0]] for k, v in m["rates"].items()}}
+                                for p, m in measured.items()}))
+
+
 def simulate_run(policy: str, options: dict, cost: CostModel, results: list[RequestResult], kv, free_bytes: int,
                  args) -> list[RequestResult]:
     """The same requests (the prompt lengths the engine counted, the times they were
@@ -205,6 +213,7 @@ def main(argv=None) -> int:
         fit_samples += fit_steps
         measured[policy] = {"options": er.options, "fit": fit_res, "val": val_res, "val_steps": val_steps,
                             "fit_steps": fit_steps, "rates": rate_runs}
+        _save_measured(out / "cpu_measured.json", measured)  # kept even if a later policy fails
         s = summarize_run(policy, "offline", None, val_res)
         log(f"[cpu] {policy}: measured {s.output_tokens_per_s:.1f} output tok/s on the validation set, "
             f"{len(fit_steps)} + {len(val_steps)} steps recorded")
@@ -235,6 +244,7 @@ def main(argv=None) -> int:
     rep.write_json(out / "cpu_validation.json", report)
     md = markdown(report)
     (out / "cpu_validation.md").write_text(md)
+    plot(report, out / "cpu_validation.png")
     log(md)
     if args.json:
         print(json.dumps({"scenario": "cpu", "rows": rows, "cost_model_ms": asdict(cost)}))
@@ -257,6 +267,45 @@ def markdown(report: dict) -> str:
                      f"{v['measured_tok_s']:.1f} / {v['predicted_tok_s']:.1f} | {100 * v['error']:+.0f}% | "
                      f"{r['fit_error_validation_set']['total_ratio']} | {s} | {e} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Measured beside predicted, per policy: saturated throughput (validation set) and, when
+    swept, SLO attainment against rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    with_slo = [r for r in rows if r.get("slo")]
+    fig, axes = plt.subplots(1, 2 if with_slo else 1, figsize=(11 if with_slo else 6, 4.2), squeeze=False)
+    ax = axes[0][0]
+    xs = range(len(rows))
+    m = ax.bar([x - 0.2 for x in xs], [r["val"]["measured_tok_s"] for r in rows], 0.4, label="measured", color="tab:grey")
+    p = ax.bar([x + 0.2 for x in xs], [r["val"]["predicted_tok_s"] for r in rows], 0.4, label="simulated", color="tab:blue")
+    ax.bar_label(m, fmt="%.1f")
+    ax.bar_label(p, fmt="%.1f")
+    ax.set_xticks(list(xs), [r["policy"] for r in rows])
+    ax.set_ylabel("output tokens/s (saturated, validation set)")
+    ax.set_title("Engine on this CPU vs the fitted simulator")
+    ax.legend()
+    if with_slo:
+        gx = axes[0][1]
+        for i, r in enumerate(with_slo):
+            color = f"C{i}"
+            for key, style in (("measured", "-"), ("predicted", "--")):
+                pts = [(a, b) for a, b in r["slo"][key] if b is not None]
+                gx.plot([a for a, _ in pts], [100 * b for _, b in pts], style, marker="o", color=color,
+                        label=f"{r['policy']} {'measured' if key == 'measured' else 'simulated'}")
+        gx.axhline(80, color="grey", linestyle=":", linewidth=1)
+        gx.set(xlabel="request rate (req/s, Poisson)", ylabel="SLO attainment of online requests (%)", ylim=(-2, 102),
+               title="SLO attainment: measured (solid) vs simulated (dashed)")
+        gx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
