@@ -6,8 +6,11 @@ then decodes every running row; its measured time is modelled as
     T = [prefill] (a_p + b_p * n*w + c_p * n*w^2) + [decode] (a_d + b_d * bs*(ctx_max + 1) + c_d * bs)
 
 which is core/clock.py's CostModel with padded=True and one decode coefficient set.
-Coefficients are kept non-negative (an active-set loop: a negative one is fixed at 0 and
-the rest refitted), so the model never predicts faster steps for more work.
+Plain least squares on step times in milliseconds, so the fitted model reproduces the
+total busy time (what throughput and queueing depend on); relative least squares was
+tried and under-predicts the total by 10-40% on noisy steps.  Coefficients are kept
+non-negative (an active-set loop: a negative one is fixed at 0 and the rest refitted), so
+the model never predicts faster steps for more work.
 """
 
 from __future__ import annotations
@@ -51,14 +54,13 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def fit_cost_model(samples: list[StepSample]) -> CostModel:
-    """Milliseconds, like DistServe's coefficients; relative least squares (every step counts alike)."""
+    """Milliseconds, like DistServe's coefficients."""
     if len(samples) < 6:
         raise ValueError(f"need at least 6 measured steps to fit 6 coefficients, got {len(samples)}")
     x = np.array([features(s) for s in samples], dtype=float)
     y = np.array([s.seconds * 1000.0 for s in samples], dtype=float)
-    w = 1.0 / np.maximum(y, 1e-3)  # relative error: short decode steps weigh as much as long prefills
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # columns of very different size
-    coef = _nnls((x / scale) * w[:, None], y * w) / scale
+    coef = _nnls(x / scale, y) / scale
     a_p, b_p, c_p, a_d, b_d, c_d = (float(v) for v in coef)
     return CostModel(prefill=(a_p, b_p, c_p), decode_small=(a_d, b_d, c_d), decode_large=(a_d, b_d, c_d),
                      decode_switch_bs=1 << 30, padded=True)
