@@ -19,7 +19,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from bucket_scheduler.core.clock import CostModel

@@ -18,7 +18,7 @@ Every option below is a stated choice (docs/simulator.md); `overrides` replaces 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .hardware import ClusterSpec
 from .instance import ColocatedInstance, DecodeInstance, PrefillInstance, SchedulerSpec, build_scheduler
