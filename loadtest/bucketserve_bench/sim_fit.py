@@ -26,7 +26,14 @@ from bucket_scheduler.core.clock import CostModel
 class StepSample:
     prefill_lens: tuple[int, ...]  # prompts prefilled this step
     decode_lens: tuple[int, ...]  # context length of every decoded row
-    seconds: float
+    seconds: float  # wall time
+    cpu_seconds: float | None = None  # CPU time of the engine thread (one torch thread: the step's own work)
+
+    def on(self, clock: str) -> "StepSample":
+        """This sample timed by `clock` ("wall" or "cpu")."""
+        if clock == "wall":
+            return self
+        return StepSample(self.prefill_lens, self.decode_lens, self.cpu_seconds, self.cpu_seconds)
 
 
 def features(s: StepSample) -> list[float]:

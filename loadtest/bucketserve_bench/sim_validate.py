@@ -19,7 +19,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from bucket_scheduler.core.clock import CostModel
@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validate-seed", type=int, default=1)
     p.add_argument("--out", default="sim-results/cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--from-measured", default=None, help="re-analyse a saved cpu_measured.json instead of running the engine")
     return p.parse_args(argv)
 
 
@@ -86,11 +87,11 @@ class EngineRun:
 
         def timed_step():
             self._cur = {}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             step()
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
             if self._cur:
-                self.samples.append(StepSample(tuple(self._cur.get("pre", ())), tuple(self._cur.get("dec", ())), dt))
+                self.samples.append(StepSample(tuple(self._cur.get("pre", ())), tuple(self._cur.get("dec", ())), dt, cpu))
 
         def rec_prefill(seqs):
             self._cur["pre"] = [len(s.input_ids) for s in seqs]
@@ -151,12 +152,32 @@ class EngineRun:
         self.engine.shutdown(timeout_s=1)
 
 
-def _save_measured(path: Path, measured: dict) -> None:
-    path.write_text(json.dumps({p: {"options": m["options"],
-                                    "fit": [asdict(r) for r in m["fit"]], "val": [asdict(r) for r in m["val"]],
-                                    "fit_steps": [asdict(x) for x in m["fit_steps"]], "val_steps": [asdict(x) for x in m["val_steps"]],
-                                    "rates": {str(k): [asdict(r) for r in v[0]] for k, v in m["rates"].items()}}
-                                for p, m in measured.items()}))
+def _save_measured(path: Path, measured: dict, kv, free: int) -> None:
+    path.write_text(json.dumps({"kv": asdict(kv), "free_bytes": free, "policies": {
+        p: {"options": m["options"], "fit": [asdict(r) for r in m["fit"]], "val": [asdict(r) for r in m["val"]],
+            "fit_steps": [asdict(x) for x in m["fit_steps"]], "val_steps": [asdict(x) for x in m["val_steps"]],
+            "rates": {str(k): [asdict(r) for r in v] for k, v in m["rates"].items()}}
+        for p, m in measured.items()}}))
+
+
+def load_measured(path: Path):
+    """Measurements saved by an earlier run (cpu_measured.json): re-analyse without the engine."""
+    from bucket_scheduler.core.memory import KVSpec
+
+    raw = json.loads(Path(path).read_text())
+    if "policies" not in raw:  # the first format: policies only, SmolLM2's KV shape, memory never binding
+        raw = {"policies": raw, "kv": {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "dtype_bytes": 2,
+                                       "hidden_size": 576, "intermediate_size": 1536, "vocab_size": 49152},
+               "free_bytes": 8 << 30}
+
+    def steps(rows):
+        return [StepSample(tuple(x["prefill_lens"]), tuple(x["decode_lens"]), x["seconds"], x.get("cpu_seconds")) for x in rows]
+
+    measured = {p: {"options": m["options"], "fit": [RequestResult(**r) for r in m["fit"]], "val": [RequestResult(**r) for r in m["val"]],
+                    "fit_steps": steps(m["fit_steps"]), "val_steps": steps(m["val_steps"]),
+                    "rates": {float(k): [RequestResult(**r) for r in v] for k, v in m["rates"].items()}}
+                for p, m in raw["policies"].items()}
+    return measured, KVSpec(**raw["kv"]), raw["free_bytes"]
 
 
 def simulate_run(policy: str, options: dict, cost: CostModel, results: list[RequestResult], kv, free_bytes: int,
@@ -180,6 +201,27 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    if args.from_measured:
+        measured, kv, free = load_measured(args.from_measured)
+    else:
+        measured, kv, free = measure(args, out, log)
+    clocks = ["wall"] + (["cpu"] if all(x.cpu_seconds is not None for m in measured.values() for x in m["fit_steps"]) else [])
+    analyses = {clock: analyse(measured, kv, free, args, clock, log) for clock in clocks}
+    report = {"machine": rep.machine_info(), "wall_s": round(time.time() - started, 1), "args": vars(args),
+              "load_average": _loadavg(), "clocks": analyses}
+    rep.write_json(out / "cpu_validation.json", report)
+    md = markdown(report)
+    (out / "cpu_validation.md").write_text(md)
+    for clock, a in analyses.items():
+        plot(a, out / f"cpu_validation_{clock}.png")
+    log(md)
+    if args.json:
+        print(json.dumps({"scenario": "cpu", "clocks": analyses}))
+    return 0
+
+
+def measure(args, out: Path, log):
+    """Run the engine per policy on the fit and validation sets (and the Poisson rates)."""
     from bucket_scheduler.runtime.models import resolve_model
 
     model_dir = resolve_model(args.model_dir)
@@ -190,7 +232,6 @@ def main(argv=None) -> int:
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     measured: dict[str, dict] = {}
-    fit_samples: list[StepSample] = []
     kv = free = None
     for policy in policies:
         er = EngineRun(args, policy)
@@ -205,33 +246,60 @@ def main(argv=None) -> int:
             val_steps = list(er.samples)
             rate_runs = {}
             for rate in rates:
-                offs = poisson_offsets(len(val_set), rate, args.validate_seed)
-                rate_runs[rate] = (er.run(val_set, offs, f"r{rate:g}"), offs)
-                log(f"[cpu] {policy}: rate {rate:g} done")
+                rate_runs[rate] = er.run(val_set, poisson_offsets(len(val_set), rate, args.validate_seed), f"r{rate:g}")
+                log(f"[cpu] {policy}: rate {rate:g} done (load average {_loadavg()})")
         finally:
             er.close()
-        fit_samples += fit_steps
-        measured[policy] = {"options": er.options, "fit": fit_res, "val": val_res, "val_steps": val_steps,
-                            "fit_steps": fit_steps, "rates": rate_runs}
-        _save_measured(out / "cpu_measured.json", measured)  # kept even if a later policy fails
+        measured[policy] = {"options": er.options, "fit": fit_res, "val": val_res, "fit_steps": fit_steps,
+                            "val_steps": val_steps, "rates": rate_runs}
+        _save_measured(out / "cpu_measured.json", measured, kv, free)  # kept even if a later policy fails
         s = summarize_run(policy, "offline", None, val_res)
         log(f"[cpu] {policy}: measured {s.output_tokens_per_s:.1f} output tok/s on the validation set, "
             f"{len(fit_steps)} + {len(val_steps)} steps recorded")
+    return measured, kv, free
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        import os
+
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _busy_tok_s(results: list[RequestResult], steps: list[StepSample]) -> float:
+    """Output tokens per second of engine CPU time (a saturated run has no idle gaps)."""
+    busy = sum(x.cpu_seconds for x in steps)
+    return sum(r.output_tokens for r in results) / busy if busy else 0.0
+
+
+def analyse(measured: dict, kv, free: int, args, clock: str, log) -> dict:
+    """Fit on the fit sets' steps timed by `clock`, predict every run, compare.
+
+    wall: step wall times, measured throughput = tokens / run duration, plus the Poisson runs.
+    cpu:  the engine thread's CPU time per step (what the step costs without other jobs
+          taking the cores), measured throughput = tokens / summed step CPU time."""
+    fit_samples = [x.on(clock) for m in measured.values() for x in m["fit_steps"]]
     cost = fit_cost_model(fit_samples)
-    log(f"[cpu] fitted cost model (ms): prefill {cost.prefill}, decode {cost.decode_small}")
+    log(f"[cpu] {clock} clock: fitted cost model (ms): prefill {cost.prefill}, decode {cost.decode_small}")
     rows = []
     for policy, m in measured.items():
-        row = {"policy": policy, "fit_error_fit_set": fit_error(cost, m["fit_steps"]),
-               "fit_error_validation_set": fit_error(cost, m["val_steps"])}
+        row = {"policy": policy,
+               "fit_error_fit_set": fit_error(cost, [x.on(clock) for x in m["fit_steps"]]),
+               "fit_error_validation_set": fit_error(cost, [x.on(clock) for x in m["val_steps"]])}
         for label in ("fit", "val"):
+            res = m[label]
+            if clock == "cpu":  # replay as if every request came at once: the CPU clock has no arrival gaps
+                res = [replace(r, send_time=0.0) for r in res]
             meas = summarize_run(policy, "offline", None, m[label])
-            pred = summarize_run(policy, "offline", None, simulate_run(policy, m["options"], cost, m[label], kv, free, args))
-            row[label] = {"measured_tok_s": round(meas.output_tokens_per_s, 2), "predicted_tok_s": round(pred.output_tokens_per_s, 2),
-                          "error": round(pred.output_tokens_per_s / meas.output_tokens_per_s - 1, 4),
-                          "measured_ttft_p50_ms": meas.ttft_ms["p50"], "predicted_ttft_p50_ms": pred.ttft_ms["p50"]}
-        if m["rates"]:
+            pred = summarize_run(policy, "offline", None, simulate_run(policy, m["options"], cost, res, kv, free, args))
+            meas_tok_s = meas.output_tokens_per_s if clock == "wall" else _busy_tok_s(m[label], m[f"{label}_steps"])
+            row[label] = {"measured_tok_s": round(meas_tok_s, 2), "predicted_tok_s": round(pred.output_tokens_per_s, 2),
+                          "error": round(pred.output_tokens_per_s / meas_tok_s - 1, 4) if meas_tok_s else None}
+        if m["rates"] and clock == "wall":
             pts_m, pts_p = [], []
-            for rate, (res, offs) in m["rates"].items():
+            for rate, res in m["rates"].items():
                 pts_m.append((rate, summarize_run(policy, "rate", rate, res).slo_attainment))
                 sim_res = simulate_run(policy, m["options"], cost, res, kv, free, args)
                 pts_p.append((rate, summarize_run(policy, "rate", rate, sim_res).slo_attainment))
@@ -239,21 +307,16 @@ def main(argv=None) -> int:
             row["slo"] = {"measured": pts_m, "predicted": pts_p, "measured_rate_at_80": asdict(cm), "predicted_rate_at_80": asdict(cp),
                           "error": round(cp.rate / cm.rate - 1, 4) if cm.rate and cp.rate else None}
         rows.append(row)
-    report = {"machine": rep.machine_info(), "wall_s": round(time.time() - started, 1), "model_dir": str(model_dir),
-              "args": vars(args), "cost_model_ms": asdict(cost), "fit_steps": len(fit_samples), "rows": rows}
-    rep.write_json(out / "cpu_validation.json", report)
-    md = markdown(report)
-    (out / "cpu_validation.md").write_text(md)
-    plot(report, out / "cpu_validation.png")
-    log(md)
-    if args.json:
-        print(json.dumps({"scenario": "cpu", "rows": rows, "cost_model_ms": asdict(cost)}))
-    return 0
+    return {"cost_model_ms": asdict(cost), "fit_steps": len(fit_samples), "rows": rows}
 
 
 def markdown(report: dict) -> str:
+    return "\n".join(markdown_clock(clock, a) for clock, a in report["clocks"].items())
+
+
+def markdown_clock(clock: str, report: dict) -> str:
     c = report["cost_model_ms"]
-    lines = [f"Fitted on {report['fit_steps']} engine steps (fit set): prefill (a, b, c) = "
+    lines = [f"**{clock} clock.** Fitted on {report['fit_steps']} engine steps (fit sets): prefill (a, b, c) = "
              f"({c['prefill'][0]:.3g}, {c['prefill'][1]:.3g}, {c['prefill'][2]:.3g}), decode (a, b, c) = "
              f"({c['decode_small'][0]:.3g}, {c['decode_small'][1]:.3g}, {c['decode_small'][2]:.3g}) ms.", "",
              "| policy | fit set: measured / predicted tok/s | error | validation set: measured / predicted tok/s | error | step time ratio (val) | rate at 80% SLO measured / predicted | error |",
