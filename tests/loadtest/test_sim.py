@@ -133,3 +133,36 @@ def test_sensitivity_variants_change_only_their_assumption():
     assert by["UELLM histogram predictor"]["uellm"].colocated.options["predictor"] == "histogram"
     for name in ("bucket_mode dp", "BucketServe prefill unpadded"):
         assert by[name]["distserve"] == base["distserve"] and by[name]["uellm"] == base["uellm"]
+
+
+def test_cpu_validation_fits_and_replays_the_tiny_engine(tmp_path):
+    """The validation pipeline end to end on the tiny model: engine runs timed per step,
+    a fit on both clocks, the replay, the report and plots; then a re-analysis from the
+    saved measurements gives the same figures."""
+    from bucketserve_bench import sim_validate
+
+    out = tmp_path / "cpu"
+    args = ["--model-dir", "tiny", "--dtype", "float32", "--num-requests", "5", "--policies", "continuous", "--out", str(out)]
+    assert sim_validate.main(args) == 0
+    report = json.loads((out / "cpu_validation.json").read_text())
+    assert set(report["clocks"]) == {"wall", "cpu"}
+    for clock, a in report["clocks"].items():
+        (row,) = a["rows"]
+        assert row["policy"] == "continuous" and a["fit_steps"] >= 6
+        assert row["val"]["measured_tok_s"] > 0 and row["val"]["predicted_tok_s"] > 0
+        assert (out / f"cpu_validation_{clock}.png").read_bytes()[:4] == b"\x89PNG"
+    again = tmp_path / "again"
+    assert sim_validate.main(["--from-measured", str(out / "cpu_measured.json"), "--out", str(again)]) == 0
+    redo = json.loads((again / "cpu_validation.json").read_text())
+    assert redo["clocks"]["cpu"]["rows"] == report["clocks"]["cpu"]["rows"]
+
+
+def test_step_samples_switch_clock_and_busy_throughput_counts_cpu_time():
+    from bucketserve_bench.sim_fit import StepSample
+    from bucketserve_bench.sim_validate import _busy_tok_s
+    from bucketserve_bench.metrics import RequestResult
+
+    s = StepSample((10,), (20, 30), 0.5, 0.2)
+    assert s.on("wall") is s and s.on("cpu").seconds == 0.2 and s.on("cpu").decode_lens == (20, 30)
+    results = [RequestResult(0, False, 10, 4, 0.0, output_tokens=4), RequestResult(1, False, 10, 6, 0.0, output_tokens=6)]
+    assert _busy_tok_s(results, [s, StepSample((), (1,), 0.3, 0.3)]) == pytest.approx(10 / 0.5)
