@@ -6,11 +6,14 @@ then decodes every running row; its measured time is modelled as
     T = [prefill] (a_p + b_p * n*w + c_p * n*w^2) + [decode] (a_d + b_d * bs*(ctx_max + 1) + c_d * bs)
 
 which is core/clock.py's CostModel with padded=True and one decode coefficient set.
-Plain least squares on step times in milliseconds, so the fitted model reproduces the
-total busy time (what throughput and queueing depend on); relative least squares was
-tried and under-predicts the total by 10-40% on noisy steps.  Coefficients are kept
-non-negative (an active-set loop: a negative one is fixed at 0 and the rest refitted), so
-the model never predicts faster steps for more work.
+Two stages, plain least squares on milliseconds (so the model reproduces total busy
+time, what throughput and queueing depend on; relative least squares was tried and
+under-predicts the total by 10-40% on noisy steps): the decode coefficients from the
+steps that only decode, then the prefill coefficients from the steps that prefill, less
+their predicted decode part.  Fitting all six at once let a few multi-second prefill
+steps absorb the decode terms.  Coefficients are kept non-negative (an active-set loop:
+a negative one is fixed at 0 and the rest refitted), so the model never predicts faster
+steps for more work.
 """
 
 from __future__ import annotations
@@ -60,15 +63,24 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
+def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # columns of very different size
+    return _nnls(x / scale, y) / scale
+
+
 def fit_cost_model(samples: list[StepSample]) -> CostModel:
     """Milliseconds, like DistServe's coefficients."""
-    if len(samples) < 6:
-        raise ValueError(f"need at least 6 measured steps to fit 6 coefficients, got {len(samples)}")
-    x = np.array([features(s) for s in samples], dtype=float)
-    y = np.array([s.seconds * 1000.0 for s in samples], dtype=float)
-    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # columns of very different size
-    coef = _nnls(x / scale, y) / scale
-    a_p, b_p, c_p, a_d, b_d, c_d = (float(v) for v in coef)
+    decode_only = [s for s in samples if s.decode_lens and not s.prefill_lens]
+    prefills = [s for s in samples if s.prefill_lens]
+    if len(decode_only) < 3 or len(prefills) < 3:
+        raise ValueError(f"need at least 3 decode-only and 3 prefill steps (at least 6 measured steps), "
+                         f"got {len(decode_only)} and {len(prefills)}")
+    xd = np.array([features(s)[3:] for s in decode_only], dtype=float)
+    a_d, b_d, c_d = (float(v) for v in _fit(xd, np.array([s.seconds * 1000.0 for s in decode_only])))
+    dec = CostModel(decode_small=(a_d, b_d, c_d), decode_switch_bs=1 << 30, padded=True)
+    xp = np.array([features(s)[:3] for s in prefills], dtype=float)
+    yp = np.array([s.seconds * 1000.0 - dec.decode_ms(list(s.decode_lens)) for s in prefills])
+    a_p, b_p, c_p = (float(v) for v in _fit(xp, yp))
     return CostModel(prefill=(a_p, b_p, c_p), decode_small=(a_d, b_d, c_d), decode_large=(a_d, b_d, c_d),
                      decode_switch_bs=1 << 30, padded=True)
 
