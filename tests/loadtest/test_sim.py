@@ -104,8 +104,8 @@ def test_cost_model_fit_recovers_known_coefficients_from_steps():
         assert got == pytest.approx(want, rel=0.15)
     assert fit_error(fit, samples)["total_ratio"] == pytest.approx(1.0, abs=0.02)
     assert predict_ms(fit, StepSample((), (), 0.0)) == 0.0
-    with pytest.raises(ValueError, match="at least 3 decode-only"):
-        fit_cost_model(samples[:3])
+    with pytest.raises(ValueError, match="need decode-only steps and prefill steps"):
+        fit_cost_model([s for s in samples if not s.prefill_lens])
 
 
 def test_keep_up_is_one_under_light_load_and_falls_under_overload():
