@@ -2,6 +2,7 @@
 
     bucketserve-bench --quick                        # smoke test, tiny model, < 2 minutes
     bucketserve-bench --rates 0.25,0.5,1,2 --vllm    # full comparison, see docs/benchmarks.md
+    bucketserve-bench sim --scenario paper --json     # the paper's comparisons, simulated (docs/simulator.md)
 """
 
 from __future__ import annotations
@@ -89,7 +90,16 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt  # unwinds through the finally blocks that stop the servers
 
 
+# Subcommands; anything else is the serving sweep's flags.
+SUBCOMMANDS = {"sim": "bucketserve_bench.sim"}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()

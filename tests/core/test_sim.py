@@ -1,0 +1,189 @@
+"""The cluster simulator's pure pieces: workloads, hardware, instances, the event loop, systems."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from bucket_scheduler.core.clock import CostModel
+from bucket_scheduler.core.sim import ClusterSpec, PaperWorkload, build, default_config, simulate
+from bucket_scheduler.core.sim.cluster import Deployment
+from bucket_scheduler.core.sim.hardware import LLAMA2_13B_KV, GpuSpec
+from bucket_scheduler.core.sim.instance import ColocatedInstance, SchedulerSpec, build_scheduler, chunk_prefill_ms
+from bucket_scheduler.core.sim.systems import SYSTEMS
+from bucket_scheduler.core.sim.workload import ALPACA, LONGBENCH, SimRequestSpec
+
+CLUSTER = ClusterSpec()
+
+
+def spec(i, prompt, out, t=0.0, ttft=None, tpot=None, source="alpaca"):
+    return SimRequestSpec(i, source, t, prompt, out, ttft, tpot)
+
+
+# --- workload -----------------------------------------------------------------------------
+
+
+def test_alpaca_prompts_have_the_papers_mean_and_median():
+    rng = random.Random(1)
+    xs = [ALPACA.prompt.sample(rng) for _ in range(40000)]
+    assert statistics.median(xs) == pytest.approx(69, rel=0.03)
+    assert statistics.fmean(xs) == pytest.approx(83.7, rel=0.03)
+
+
+def test_longbench_untruncated_statistics_and_truncation_to_the_context():
+    rng = random.Random(2)
+    xs = [LONGBENCH.prompt.sample(rng) for _ in range(40000)]
+    assert statistics.median(xs) == pytest.approx(41417, rel=0.03)
+    assert statistics.fmean(xs) == pytest.approx(55749, rel=0.04)
+    reqs = PaperWorkload("longbench", 200, max_model_len=4096).requests(None)
+    assert all(r.prompt_len + r.output_len <= 4096 for r in reqs)
+    assert statistics.median(r.prompt_len for r in reqs) > 3000  # nearly all are cut to the context
+
+
+def test_mixed_share_poisson_rate_and_lengths_fixed_across_rates():
+    wl = PaperWorkload("mixed", 4000, mixed_long_share=0.2, seed=3)
+    slow, fast = wl.requests(2.0), wl.requests(8.0)
+    assert [(r.prompt_len, r.output_len) for r in slow] == [(r.prompt_len, r.output_len) for r in fast]
+    share = sum(r.source == "longbench" for r in slow) / len(slow)
+    assert share == pytest.approx(0.2, abs=0.02)
+    assert len(fast) / fast[-1].arrival_s == pytest.approx(8.0, rel=0.05)
+    by_src = {r.source: (r.slo_ttft_s, r.slo_tpot_s) for r in slow}
+    assert by_src == {"alpaca": (0.25, 0.1), "longbench": (15.0, 0.15)}
+    offline = wl.requests(None, online=False)
+    assert all(r.arrival_s == 0 and r.slo_ttft_s is None for r in offline)
+
+
+def test_unknown_workload_is_refused():
+    with pytest.raises(ValueError, match="unknown workload"):
+        PaperWorkload("sharegpt")
+
+
+# --- hardware -----------------------------------------------------------------------------
+
+
+def test_a100_40gb_leaves_room_for_about_16k_tokens_of_llama2_13b_kv():
+    g = GpuSpec()
+    assert LLAMA2_13B_KV.bytes_per_token == 819_200
+    tokens = 0.9 * g.free_kv_bytes / g.kv.bytes_per_token
+    assert 14_000 < tokens < 18_000
+    assert CLUSTER.transfer_s(4096) == pytest.approx(4096 * 819_200 / 300e9)
+    with pytest.raises(ValueError, match="does not fit"):
+        _ = GpuSpec(memory_bytes=16 << 30).free_kv_bytes
+
+
+# --- instances and the event loop ------------------------------------------------------------
+
+
+def one_gpu(policy, options=None, accounting="padded", padded=True, **kw):
+    sched = build_scheduler(SchedulerSpec(policy, options or {}, accounting, 64), LLAMA2_13B_KV,
+                            CLUSTER.gpu.free_kv_bytes, 0.9, 4096)
+    return ColocatedInstance("gpu0", sched, CostModel(padded=padded), **kw)
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_every_system_finishes_every_request_with_its_exact_output(system):
+    wl = PaperWorkload("mixed", 80, seed=5)
+    specs = wl.requests(3.0)
+    run = simulate(build(default_config(system), CLUSTER, 2 if system in ("bucketserve", "distserve") else None), specs)
+    assert [r.generated for r in run.records] == [s.output_len for s in specs]
+    for r in run.records:
+        assert r.spec.arrival_s < r.first_token_s <= r.finish_s <= run.makespan_s
+    assert all(0 < g["utilization"] <= 1 for g in run.gpus if g["steps"])
+
+
+def test_replay_step_gives_one_token_per_step_engine_step_two_in_the_first():
+    for mode, first_step_tokens in (("replay", 1), ("engine", 2)):
+        inst = one_gpu("continuous", step_mode=mode)
+        run = simulate(Deployment(colocated=[inst]), [spec(0, 100, 5)])
+        rec = run.records[0]
+        assert rec.generated == 5
+        steps = 5 - first_step_tokens + 1
+        assert inst.steps == steps
+
+
+def test_engine_step_first_token_comes_after_prefill_before_the_decode():
+    inst = one_gpu("continuous", step_mode="engine", padded=False)
+    run = simulate(Deployment(colocated=[inst]), [spec(0, 1000, 2)])
+    rec = run.records[0]
+    cost = CostModel(padded=False)
+    assert rec.first_token_s == pytest.approx(cost.prefill_ms([1000]) / 1000)
+    assert rec.finish_s == pytest.approx(rec.first_token_s + cost.decode_ms([1001]) / 1000)
+
+
+def test_chunked_prefill_spreads_a_long_prompt_and_keeps_decoding():
+    inst = one_gpu("continuous", {"max_num_batched_tokens": 1 << 40}, "per_request", padded=False, chunk_tokens=2048)
+    short, long_ = spec(0, 50, 40), spec(1, 4000, 4, t=0.05)
+    run = simulate(Deployment(colocated=[inst]), [short, long_])
+    s, l = run.records
+    # the long prompt needs two chunks: its first token comes a step after its first chunk
+    cost = CostModel(padded=False)
+    one_shot = cost.prefill_ms([4000]) / 1000
+    assert l.first_token_s - l.spec.arrival_s > one_shot * 0.9
+    assert s.finish_s > l.first_token_s  # the short one kept decoding meanwhile
+    assert chunk_prefill_ms(cost, [(0, 4000)]) == pytest.approx(cost.prefill_ms([4000]))
+    two = chunk_prefill_ms(cost, [(0, 2048)]) + chunk_prefill_ms(cost, [(2048, 1952)])
+    assert two == pytest.approx(cost.prefill_ms([4000]) + cost.prefill[0])  # one more constant term
+
+
+def test_padded_systems_waste_prefill_slots_paged_ones_do_not():
+    wl = PaperWorkload("mixed", 60, seed=7)
+    static = simulate(build(default_config("static"), CLUSTER), wl.requests(None))
+    vllm = simulate(build(default_config("vllm"), CLUSTER), wl.requests(None))
+    assert all(g["prefill_padding_efficiency"] < 0.9 for g in static.gpus)
+    assert all(g["prefill_padding_efficiency"] == 1.0 for g in vllm.gpus if g["prefill_padding_efficiency"] is not None)
+
+
+def test_disaggregated_first_token_from_prefill_then_kv_transfer_then_decode():
+    d = build(default_config("distserve"), CLUSTER, 1)
+    run = simulate(d, [spec(0, 4000, 3)])
+    rec = run.records[0]
+    cost = CLUSTER.gpu.cost
+    pre = CostModel(padded=False).prefill_ms([4000]) / 1000
+    assert rec.first_token_s == pytest.approx(pre)
+    dec1 = CostModel(padded=False).decode_ms([4001]) / 1000
+    dec2 = CostModel(padded=False).decode_ms([4002]) / 1000
+    assert rec.finish_s == pytest.approx(pre + CLUSTER.transfer_s(4000) + dec1 + dec2)
+    assert cost.prefill == CostModel().prefill
+
+
+def test_bucket_prefill_serves_a_tight_deadline_before_an_earlier_long_prompt():
+    """DistServe's FCFS prefill runs whatever came first; BucketServe's picks the bucket of the
+    earliest deadline (boundaries fixed here: Algorithm 1 keeps one bucket at this queue depth)."""
+    reqs = [spec(0, 4000, 2, t=0.0, ttft=15.0, tpot=0.15, source="longbench"),
+            spec(1, 3900, 2, t=0.001, ttft=15.0, tpot=0.15, source="longbench"),
+            spec(2, 60, 2, t=0.002, ttft=0.25, tpot=0.1)]
+    firsts = {}
+    for system in ("distserve", "bucketserve"):
+        cfg = default_config(system, {"bucket_mode": "fixed", "boundaries": [0, 512]})
+        run = simulate(build(cfg, CLUSTER, 1), reqs)
+        firsts[system] = [r.first_token_s - r.spec.arrival_s for r in run.records]
+    assert firsts["distserve"][2] > 0.25  # the short request waited for two long prefills
+    assert firsts["bucketserve"][2] < firsts["distserve"][2]
+    assert firsts["bucketserve"][1] > firsts["distserve"][1]  # the long one waited instead
+
+
+def test_simulation_is_deterministic():
+    wl = PaperWorkload("mixed", 50, seed=9)
+    a = simulate(build(default_config("bucketserve"), CLUSTER, 2), wl.requests(4.0))
+    b = simulate(build(default_config("bucketserve"), CLUSTER, 2), wl.requests(4.0))
+    assert [(r.first_token_s, r.finish_s) for r in a.records] == [(r.first_token_s, r.finish_s) for r in b.records]
+
+
+def test_deployment_shapes_are_checked():
+    with pytest.raises(ValueError, match="num_prefill"):
+        build(default_config("distserve"), CLUSTER, 4)
+    with pytest.raises(ValueError, match="either colocated"):
+        Deployment()
+    with pytest.raises(ValueError, match="unknown system"):
+        default_config("orca")
+
+
+def test_router_sends_a_prompt_to_the_prefill_gpu_that_is_free_first():
+    """Two prefill GPUs: a short prompt arriving while one computes a long prompt goes to the other."""
+    reqs = [spec(0, 4000, 2, t=0.0, ttft=15.0, tpot=0.15, source="longbench"), spec(1, 60, 2, t=0.01, ttft=0.25, tpot=0.1)]
+    run = simulate(build(default_config("distserve"), CLUSTER, 2), reqs)
+    short = run.records[1]
+    assert short.first_token_s - short.spec.arrival_s < 0.05  # it did not wait for the 0.5 s prefill
+    assert [g["steps"] for g in run.gpus[:2]] == [1, 1]
