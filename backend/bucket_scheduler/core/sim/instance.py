@@ -104,6 +104,16 @@ class Instance:
         self.records[req.request_id] = rec
         return True
 
+    def _token(self, r: Request, t: float) -> None:
+        """One generated token for r at time t; finishes it at its output length."""
+        rec = self.records[r.request_id]
+        self.sched.on_tokens(r.request_id, 1, t)
+        rec.token(t)
+        if rec.generated >= rec.spec.output_len:
+            self.sched.finish(r.request_id, t)
+            rec.finish_s = t
+            del self.records[r.request_id]
+
     def idle_wakeup(self, now: float) -> float | None:
         """When to look again while nothing runs (a static batch waiting for its delay)."""
         if not self.sched.num_waiting:
@@ -161,15 +171,6 @@ class ColocatedInstance(Instance):
         self.busy_s += t - now
         self.busy_until = t
         return t
-
-    def _token(self, r: Request, t: float) -> None:
-        rec = self.records[r.request_id]
-        self.sched.on_tokens(r.request_id, 1, t)
-        rec.token(t)
-        if rec.generated >= rec.spec.output_len:
-            self.sched.finish(r.request_id, t)
-            rec.finish_s = t
-            del self.records[r.request_id]
 
     def _step_chunked(self, now: float, out) -> float:
         for r in out.prefill:
@@ -268,13 +269,7 @@ class DecodeInstance(Instance):
         self.steps += 1
         t = now + self.cost.decode_ms([r.seq_len for r in out.running]) / 1000.0
         for r in out.running:
-            rec = self.records[r.request_id]
-            self.sched.on_tokens(r.request_id, 1, t)
-            rec.token(t)
-            if rec.generated >= rec.spec.output_len:
-                self.sched.finish(r.request_id, t)
-                rec.finish_s = t
-                del self.records[r.request_id]
+            self._token(r, t)
         self.busy_s += t - now
         self.busy_until = t
         return t
