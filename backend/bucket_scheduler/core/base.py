@@ -19,6 +19,7 @@ from .request import Request, RequestState
 
 class SchedulerBase:
     policy_name = "base"
+    CONFIGS: dict[str, type] = {}  # constructor argument -> its config dataclass (factory.py)
 
     def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int):
         if max_model_len < 1 or max_num_seqs < 1:
@@ -30,6 +31,7 @@ class SchedulerBase:
         self.requests: dict[str, Request] = {}  # every waiting or running request
         self.running: list[Request] = []  # in admission order (preemption takes from the end)
         self._running_ids: set[str] = set()
+        self._ended: list[str] = []  # left the running set since the last schedule()
         self._deadlines: list = []  # (deadline, seq, req) of online requests, lazily cleaned
         self._seq = itertools.count()
         self.last_budget = 0
@@ -57,6 +59,7 @@ class SchedulerBase:
         budget = self.planner.budget_bytes(self.kv_bytes_in_use)
         self.last_budget = budget
         out = SchedulerOutput()
+        out.ended, self._ended = self._ended, []
         self._fit_running(budget, out)
         if not out.preempted:  # memory just shrank: admit nothing this step
             self._admit(now, budget, out)
@@ -116,6 +119,7 @@ class SchedulerBase:
         if request_id in self._running_ids:
             self._running_ids.discard(request_id)
             self.running.remove(req)
+            self._ended.append(request_id)
             self._on_leave_running(req)
         else:
             self._dequeue(req)

@@ -31,7 +31,10 @@ Admission stops at the first request whose worst case would exceed the budget.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import SchedulerBase
+from .boundaries import BoundaryConfig, Span
 from .buckets import Bucket, BucketManager
 from .interface import SchedulerOutput, StepStats
 from .memory import MemoryPlanner
@@ -39,60 +42,41 @@ from .policy import OrderPolicy
 from .request import Request
 
 
+@dataclass(frozen=True)
+class RefillConfig:
+    """How a running batch takes new requests (scheduler options of the same names). The
+    defaults suit a fully padded runtime; the engine's own are in runtime/api.py."""
+
+    refill_padding_target: float = 0.9
+    max_wait_s: float = 5.0
+    refill_scope: str = "bucket"  # bucket | any | auto
+    online_rescue: bool = True
+
+    def __post_init__(self):
+        if self.refill_scope not in ("bucket", "any", "auto"):
+            raise ValueError(f"refill_scope must be 'bucket', 'any' or 'auto', got {self.refill_scope!r}")
+
+
 class BucketScheduler(SchedulerBase):
     policy_name = "bucket"
+    CONFIGS = {"layout": BoundaryConfig, "order": OrderPolicy, "refill": RefillConfig}
 
     def __init__(
         self,
         planner: MemoryPlanner,
         max_model_len: int,
         max_num_seqs: int,
-        bucket_mode: str = "dp",
-        max_buckets: int = 32,
-        boundaries: list[int] | None = None,
-        split_threshold: float = 0.5,
-        merge_ratio: float = 0.5,
-        dp_refresh: int = 200,
-        dp_window: int = 4000,
-        dp_hysteresis: float = 0.05,
-        dp_min_observations: int = 32,
-        offline_order: str = "sjf",
-        aging_tokens_per_s: float = 500.0,
-        default_online_slo_s: float = 1.0,
-        priority_weight_s: float = 1.0,
-        priority_weight_tokens: float = 1000.0,
-        refill_padding_target: float = 0.9,
-        max_wait_s: float = 5.0,
-        refill_scope: str = "bucket",
-        online_rescue: bool = True,
+        layout: BoundaryConfig = BoundaryConfig(),
+        order: OrderPolicy = OrderPolicy(),
+        refill: RefillConfig = RefillConfig(),
     ):
         super().__init__(planner, max_model_len, max_num_seqs)
-        self.order = OrderPolicy(
-            offline_order=offline_order,
-            aging_tokens_per_s=aging_tokens_per_s,
-            default_online_slo_s=default_online_slo_s,
-            priority_weight_s=priority_weight_s,
-            priority_weight_tokens=priority_weight_tokens,
-        )
-        self.buckets = BucketManager(
-            max_model_len,
-            order=self.order,
-            mode=bucket_mode,
-            max_buckets=max_buckets,
-            boundaries=boundaries,
-            split_threshold=split_threshold,
-            merge_ratio=merge_ratio,
-            dp_refresh=dp_refresh,
-            dp_window=dp_window,
-            dp_hysteresis=dp_hysteresis,
-            dp_min_observations=dp_min_observations,
-        )
-        if refill_scope not in ("bucket", "any", "auto"):
-            raise ValueError(f"refill_scope must be 'bucket', 'any' or 'auto', got {refill_scope!r}")
-        self.refill_padding_target = refill_padding_target
-        self.refill_scope = refill_scope
-        self.max_wait_s = max_wait_s
-        self.online_rescue = online_rescue
+        self.order = order
+        self.buckets = BucketManager(max_model_len, layout, order)
+        self.refill_padding_target = refill.refill_padding_target
+        self.refill_scope = refill.refill_scope
+        self.max_wait_s = refill.max_wait_s
+        self.online_rescue = refill.online_rescue
         self._last_now: float | None = None
         self._step_s: float | None = None  # moving average of the time between steps while running
         self._anchor: int | None = None  # a length inside the running batch's bucket
@@ -120,7 +104,7 @@ class BucketScheduler(SchedulerBase):
 
     # --- decisions -----------------------------------------------------------
 
-    def n_max(self, bucket: Bucket) -> int:
+    def n_max(self, bucket: Bucket | Span) -> int:
         """Memory-safe batch size for a bucket: worst case (up - 1 + typical max new) per sequence.
 
         Cached per upper bound until the budget or the typical max_new_tokens moves."""

@@ -27,7 +27,7 @@ import torch
 
 from ..core.factory import make_scheduler
 from ..core.interface import StepStats
-from ..core.memory import MemoryPlanner, make_probe
+from ..core.memory import MemoryPlanner
 from ..core.request import Request, RequestClass
 from .api import (
     FINISH_CANCELLED,
@@ -42,6 +42,7 @@ from .api import (
 from .cpu_linear import prepack_linears
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import plan_spec
+from .probes import make_probe
 from .models import kv_spec_from_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .runner import Runner
 from .sampling import is_greedy, make_generator
