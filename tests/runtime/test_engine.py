@@ -16,7 +16,8 @@ from bucket_scheduler.runtime.api import (
     Overloaded,
     SamplingParams,
 )
-from bucket_scheduler.runtime.engine import MAX_CONSECUTIVE_FAULTS, Engine
+from bucket_scheduler.runtime.admission import MAX_CONSECUTIVE_FAULTS
+from bucket_scheduler.runtime.engine import Engine
 
 PROMPTS = [
     "The capital of France is",
