@@ -118,7 +118,7 @@ class BucketMachine(SchedulerMachine):
         # its bucket, and a fresh batch starts with an online request when one is waiting
         admitted = out.prefill
         before = [self.accepted[rid] for rid in waiting_before]
-        starving = any(self.now - r.arrival_time > self.sched.max_wait_s for r in before)  # the guard may win
+        starving = any(self.now - r.arrival_time > self.sched.refill.max_wait_s for r in before)  # the guard may win
         if admitted and not was_running and not starving and any(r.is_online for r in before):
             assert admitted[0].is_online
         if any(not r.is_online for r in admitted):

@@ -35,23 +35,14 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from .buckets import Bucket, BucketManager
 
-
-
-class Span(NamedTuple):
-    """A length range [low, up) that is not (yet) a bucket: what N_max is asked about."""
-
-    low: int
-    up: int
-
-
-NMaxOf = Callable[["Bucket | Span"], int]  # memory-safe batch size for a length range
+NMaxOf = Callable[[int], int]  # memory-safe batch size for a bucket, given its upper bound
 MODES = ("median", "algorithm1", "dp", "fixed")
 
 
@@ -94,32 +85,30 @@ def make_boundary_mode(cfg: BoundaryConfig, max_model_len: int) -> BoundaryMode:
         return Algorithm1Mode(cfg)
     if cfg.bucket_mode == "dp":
         return DpMode(cfg, max_model_len)
-    return FixedMode()
+    return FixedMode(cfg)
 
 
 class FixedMode:
-    def observe(self, length: int) -> None:
-        pass
-
-    def rebalance(self, mgr: "BucketManager", n_max_of: NMaxOf) -> None:
-        pass
-
-
-class _SplitMerge:
-    """Cut big buckets (per `cut`), then merge the emptiest neighbour pair (per `should_merge`)."""
-
-    def __init__(self, cfg: BoundaryConfig):
+    def __init__(self, cfg: BoundaryConfig | None = None):
         self.cfg = cfg
 
     def observe(self, length: int) -> None:
         pass
 
     def rebalance(self, mgr: "BucketManager", n_max_of: NMaxOf) -> None:
+        pass
+
+
+class _SplitMerge(FixedMode):
+    """Cut buckets holding at least min_count(N_max) requests where cut() says (when total
+    waiting > N_max), then merge the neighbour pair holding fewest when should_merge()."""
+
+    def rebalance(self, mgr: "BucketManager", n_max_of: NMaxOf) -> None:
         total = mgr.count
         i = 0
         while i < len(mgr.buckets) and len(mgr.buckets) < self.cfg.max_buckets:
             b = mgr.buckets[i]
-            n_max = max(1, n_max_of(b))
+            n_max = max(1, n_max_of(b.up))
             at = self.cut(mgr, b) if total > n_max and b.count >= self.min_count(n_max) else None
             if at is not None:
                 mgr.split(i, at)
@@ -129,18 +118,9 @@ class _SplitMerge:
             return
         bs = mgr.buckets
         union, i = min((a.count + b.count, i) for i, (a, b) in enumerate(zip(bs, bs[1:])))
-        n_max = max(1, n_max_of(Span(bs[i].low, bs[i + 1].up)))
+        n_max = max(1, n_max_of(bs[i + 1].up))
         if self.should_merge(mgr, union, n_max):
             mgr.merge(i)
-
-    def min_count(self, n_max: int) -> int:
-        raise NotImplementedError
-
-    def cut(self, mgr: "BucketManager", b: "Bucket") -> int | None:
-        raise NotImplementedError
-
-    def should_merge(self, mgr: "BucketManager", union: int, n_max: int) -> bool:
-        raise NotImplementedError
 
 
 class MedianMode(_SplitMerge):
@@ -300,8 +280,7 @@ class DpMode:
         """Buckets worth keeping: each should hold about a batch (N_max at the median waiting length)."""
         if mgr.count == 0:
             return 1
-        median = mgr.lengths.kth((mgr.count + 1) // 2)
-        n_max = max(1, n_max_of(Span(0, median + 1)))
+        n_max = max(1, n_max_of(mgr.lengths.kth((mgr.count + 1) // 2) + 1))  # at the median waiting length
         return max(1, min(self.cfg.max_buckets, mgr.count // n_max))
 
     def rebalance(self, mgr: "BucketManager", n_max_of: NMaxOf) -> None:

@@ -281,7 +281,7 @@ class BucketManager:
         return False
 
     def infos(self, n_max_of: NMaxOf) -> list[BucketInfo]:
-        return [b.info(n_max_of(b)) for b in self.buckets]
+        return [b.info(n_max_of(b.up)) for b in self.buckets]
 
     # --- boundaries ----------------------------------------------------------
 

@@ -1,8 +1,6 @@
 """Whether the engine takes a request now: queue caps with offline shed first, shutdown and
-drain, and health (failed model steps in a row, the canary that ends it).
-
-Plain state, no locks: the engine calls these under its lock.
-"""
+drain, and health (failed model steps in a row, the canary that ends it). Plain state: the
+engine calls these under its lock."""
 
 from __future__ import annotations
 
@@ -10,6 +8,7 @@ import logging
 import math
 import os
 import time
+from typing import Callable
 
 from ..core.request import Request
 from .api import EngineConfig, Overloaded
@@ -95,12 +94,17 @@ class Health:
     def step_succeeded(self) -> None:
         self.consecutive_faults = 0
 
-    def canary_failed(self, exc: Exception) -> None:
-        self.backoff_s = min(self.backoff_s * 2, self.base_backoff_s * MAX_BACKOFF_FACTOR)
-        self.canary_at = time.monotonic() + self.backoff_s
-        log.error("canary step failed (%s: %s); next try in %.1fs", type(exc).__name__, exc, self.backoff_s)
-
-    def canary_succeeded(self) -> None:
+    def try_canary(self, canary: Callable[[], None]) -> None:
+        """When due, run a canary step: healthy again if it passes, else back off further."""
+        if not self.canary_due():
+            return
+        try:
+            canary()
+        except Exception as exc:  # noqa: BLE001
+            self.backoff_s = min(self.backoff_s * 2, self.base_backoff_s * MAX_BACKOFF_FACTOR)
+            self.canary_at = time.monotonic() + self.backoff_s
+            log.error("canary step failed (%s: %s); next try in %.1fs", type(exc).__name__, exc, self.backoff_s)
+            return
         log.warning("canary step succeeded: healthy again, accepting requests")
         self.consecutive_faults = 0
 

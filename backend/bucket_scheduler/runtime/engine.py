@@ -1,21 +1,13 @@
-"""The engine: one background thread that runs schedule -> run -> postprocess.
+"""The engine: one background thread that runs schedule -> run -> postprocess (API: api.py).
 
-Callers (Triton model, benchmarks, tests) use the API in api.py:
-
-    engine = Engine(EngineConfig(...)); engine.start()
-    engine.submit(GenerationRequest(...), on_output)    # InvalidRequest / Overloaded at once
-    engine.cancel(request_id)                            # slot freed within one step
-    engine.shutdown(timeout_s)
-
-Guarantee: every accepted request gets exactly one RequestOutput with finished=True,
-on every path (done, cancelled, model fault, shutdown). One lock guards the scheduler
-and the table of live requests; the model runs outside it, so submit() never waits
-for a forward pass.
+Guarantee: every accepted request gets exactly one RequestOutput with finished=True, on every
+path (done, cancelled, model fault, shutdown). One lock guards the scheduler and the table of
+live requests; the model runs outside it, so submit() never waits for a forward pass.
 
 Who owns what: requests.py builds a request (validate, tokenize, sequence); admission.py
-decides whether it may queue (caps, shutdown, drain) and tracks health; the scheduler owns
-which requests run, and its output tells the runner what to add, keep and drop; the runner
-owns the rows; this file wires them and owns the table of live requests and their finals.
+decides whether it may queue and tracks health; the scheduler owns which requests run, and its
+output tells the runner what to add, keep and drop; the runner owns the rows; this file wires
+them and owns the table of live requests and their finals.
 """
 
 from __future__ import annotations
@@ -125,12 +117,6 @@ class Engine:
             self._thread.start()
         return self
 
-    def __enter__(self) -> "Engine":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown(timeout_s=0.0)
-
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop admission; let in-flight requests finish for up to timeout_s, then end the
         rest with finish_reason "error"."""
@@ -227,7 +213,7 @@ class Engine:
     def _loop(self) -> None:
         while True:
             self._check_drain()
-            self._check_health()
+            self.health.try_canary(self.runner.canary)
             with self._lock:
                 while not self._stop and not self._cancels and not self.scheduler.has_work():
                     idle_s = 0.5 if self.health.ok else min(0.5, max(0.01, self.health.retry_in_s()))
@@ -333,16 +319,6 @@ class Engine:
     def _count_fault(self) -> None:
         self.counters.faults += 1
         self.health.step_failed()
-
-    def _check_health(self) -> None:
-        if not self.health.canary_due():
-            return
-        try:
-            self.runner.canary()
-        except Exception as exc:  # noqa: BLE001
-            self.health.canary_failed(exc)
-            return
-        self.health.canary_succeeded()
 
     def _check_drain(self) -> None:
         event = self.drain.poll(time.monotonic())
