@@ -77,12 +77,10 @@ class Bucket:
         return self._top(self._online)
 
     def head_key(self) -> tuple[int, float] | None:
-        e = self._top(self._online)
-        if e is not None:
-            return (0, self._online[0][0])
-        e = self._top(self._offline)
-        if e is not None:
-            return (1, self._offline[0][0])
+        """(0, key) of the best online request, else (1, key) of the best offline one."""
+        for rank, heap in enumerate((self._online, self._offline)):
+            if self._top(heap) is not None:
+                return (rank, heap[0][0])
         return None
 
     def oldest(self) -> _Entry | None:
@@ -116,15 +114,10 @@ class Bucket:
 
     def compact(self) -> None:
         """Drop dead entries once they outnumber live ones (keeps heaps O(live))."""
-        total = len(self._online) + len(self._offline)
-        if total > 2 * self.count + 64:
-            self._online = [x for x in self._online if x[-1].alive]
-            self._offline = [x for x in self._offline if x[-1].alive]
-            heapq.heapify(self._online)
-            heapq.heapify(self._offline)
-        if len(self._oldest) > 2 * self.count + 64:
-            self._oldest = [x for x in self._oldest if x[-1].alive]
-            heapq.heapify(self._oldest)
+        if max(len(self._online) + len(self._offline), len(self._oldest)) > 2 * self.count + 64:
+            self._online, self._offline, self._oldest = (
+                [x for x in heap if x[-1].alive] for heap in (self._online, self._offline, self._oldest))
+            self.heapify()
 
 
 class _Fenwick:

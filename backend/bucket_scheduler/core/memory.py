@@ -144,9 +144,6 @@ class FileProbe:
             return 0
 
 
-PROBE_KINDS = "auto, psutil, cuda, nvml, fixed:<bytes> or file:<path>"
-
-
 def make_config_probe(spec: str) -> MemoryProbe | None:
     """The probes that read a setting, not the hardware: "fixed:<bytes>" and "file:<path>".
     None for any other spec (the runtime's make_probe owns the hardware ones)."""

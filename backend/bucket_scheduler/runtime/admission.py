@@ -28,9 +28,35 @@ class Admission:
         self.accepting = True
         self.queued_requests = 0  # accepted, not yet scheduled
         self.queued_tokens = 0
+        self.drain_deadline: float | None = None
+        self._next_drain_check = 0.0
 
     def close(self) -> None:
         self.accepting = False
+
+    @property
+    def watching_drain(self) -> bool:
+        """Still looking for the drain file (the idle loop wakes now and then to look)."""
+        return bool(self.cfg.drain_file) and self.drain_deadline is None
+
+    def drain_expired(self, now: float) -> bool:
+        """Shutdown announced through config.drain_file (the launcher creates it just before
+        SIGTERM: Triton waits for decoupled requests before it calls finalize()). Once it appears
+        admission stops; True from drain_timeout_s later on, when what is still in flight is to
+        be failed, so that each request gets its final before Triton's exit timeout runs out."""
+        cfg = self.cfg
+        if not cfg.drain_file:
+            return False
+        if self.drain_deadline is None:
+            if now < self._next_drain_check:
+                return False
+            self._next_drain_check = now + 0.1
+            if not os.path.exists(cfg.drain_file):
+                return False
+            log.warning("drain file found: no new requests; in-flight ones get %.1fs", cfg.drain_timeout_s)
+            self.accepting = False
+            self.drain_deadline = now + cfg.drain_timeout_s
+        return now >= self.drain_deadline
 
     def check(self, req: Request) -> None:
         """Raise Overloaded when `req` may not join the queue now."""
@@ -107,36 +133,3 @@ class Health:
             return
         log.warning("canary step succeeded: healthy again, accepting requests")
         self.consecutive_faults = 0
-
-
-class DrainWatch:
-    """Shutdown announced through a file (config.drain_file; the launcher creates it just before
-    SIGTERM, since Triton waits for decoupled requests before it calls finalize()): once it
-    appears admission stops, and what is still in flight after drain_timeout_s is failed, so each
-    request gets its final before Triton's exit timeout runs out."""
-
-    def __init__(self, path: str, timeout_s: float):
-        self.path = path
-        self.timeout_s = timeout_s
-        self.deadline: float | None = None
-        self._next_check = 0.0
-
-    @property
-    def watching(self) -> bool:
-        """Still looking for the file (the idle loop wakes now and then to look)."""
-        return bool(self.path) and self.deadline is None
-
-    def poll(self, now: float) -> str | None:
-        """"found" once, when the file appears; "expired" from the deadline on; else None."""
-        if not self.path:
-            return None
-        if self.deadline is None:
-            if now < self._next_check:
-                return None
-            self._next_check = now + 0.1
-            if not os.path.exists(self.path):
-                return None
-            log.warning("drain file found: no new requests; in-flight ones get %.1fs", self.timeout_s)
-            self.deadline = now + self.timeout_s
-            return "found"
-        return "expired" if now >= self.deadline else None

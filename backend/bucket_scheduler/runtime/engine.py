@@ -23,7 +23,7 @@ import torch
 from ..core.factory import make_scheduler
 from ..core.interface import StepStats
 from ..core.memory import MemoryPlanner
-from .admission import Admission, DrainWatch, Health
+from .admission import Admission, Health
 from .api import FINISH_CANCELLED, FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, Overloaded
 from .cpu_linear import prepack_linears
 from .faults import fault_hook_from_env
@@ -97,7 +97,6 @@ class Engine:
                                         **config.policy_options())
         self.admission = Admission(config)
         self.health = Health(config.fault_backoff_s)
-        self.drain = DrainWatch(config.drain_file, config.drain_timeout_s)
         # Re-entrant: on_output runs under it, and a callback may call cancel() or submit().
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -187,23 +186,14 @@ class Engine:
             return True
 
     def stats(self) -> EngineStats:
-        c = self.runner.counters
+        c, s = self.runner.counters, self.scheduler
         with self._lock:
-            return EngineStats(
-                healthy=self.healthy,
-                accepting=self.admission.accepting,
-                num_waiting=self.scheduler.num_waiting,
-                num_running=self.scheduler.num_running,
-                kv_bytes=self.runner.kv_bytes(),
-                consecutive_faults=self.health.consecutive_faults,
-                last_step=self._last_step,
-                last_step_s=self._last_step_s,
-                counters=EngineCounters(**vars(self.counters)),
-                prefill_padding_efficiency=c.prefill_tokens / c.prefill_slots if c.prefill_slots else 1.0,
-                decode_kv_efficiency=c.decode_kv_tokens / c.decode_kv_slots if c.decode_kv_slots else 1.0,
-                prefill_tokens=c.prefill_tokens,
-                decode_tokens=c.decode_tokens,
-            )
+            return EngineStats(self.healthy, self.admission.accepting, s.num_waiting, s.num_running,
+                               self.runner.kv_bytes(), self.health.consecutive_faults, self._last_step,
+                               self._last_step_s, EngineCounters(**vars(self.counters)),
+                               c.prefill_tokens / c.prefill_slots if c.prefill_slots else 1.0,
+                               c.decode_kv_tokens / c.decode_kv_slots if c.decode_kv_slots else 1.0,
+                               c.prefill_tokens, c.decode_tokens)
 
     def num_in_flight(self) -> int:
         with self._lock:
@@ -218,7 +208,7 @@ class Engine:
                 while not self._stop and not self._cancels and not self.scheduler.has_work():
                     idle_s = 0.5 if self.health.ok else min(0.5, max(0.01, self.health.retry_in_s()))
                     self._wake.wait(timeout=idle_s)
-                    if self.health.canary_due() or self.drain.watching:
+                    if self.health.canary_due() or self.admission.watching_drain:
                         break  # a canary is due; or look for the drain file now and then while idle
                 if self._stop:
                     return
@@ -273,10 +263,9 @@ class Engine:
                 self._final(live, FINISH_CANCELLED, now)
             new = [self._live[r.request_id] for r in out.prefill]
             for live in new:
-                if live.leave_queue():
-                    self.admission.dequeued(live.core)
-                if live.scheduled_at is None:
+                if live.scheduled_at is None:  # first scheduled: it leaves the admission queue
                     live.scheduled_at = now
+                    self.admission.dequeued(live.core)
         return None if out.is_empty and not new else new
 
     def _run(self, new: list[LiveRequest]):
@@ -308,12 +297,7 @@ class Engine:
     def _fail_batch(self, new: list[LiveRequest], message: str) -> None:
         self._count_fault()
         victims = [live.request_id for live in new] + [s.request_id for s in self.runner.reset()]
-        now = time.monotonic()
-        with self._lock:
-            for rid in victims:
-                live = self._live.get(rid)
-                if live is not None:
-                    self._final(live, FINISH_ERROR, now, error=message)
+        self._fail(victims, message)
 
     # -- health and drain ----------------------------------------------------------------------
     def _count_fault(self) -> None:
@@ -321,11 +305,7 @@ class Engine:
         self.health.step_failed()
 
     def _check_drain(self) -> None:
-        event = self.drain.poll(time.monotonic())
-        if event == "found":
-            with self._lock:
-                self.admission.close()
-        elif event == "expired" and self.num_in_flight():
+        if self.admission.drain_expired(time.monotonic()) and self.num_in_flight():
             self._fail_all(f"server is shutting down; request not finished within drain_timeout_s="
                            f"{self.config.drain_timeout_s:g}", reset=True)
 
@@ -350,7 +330,7 @@ class Engine:
                 self.counters.errored += 1
             else:
                 self.counters.finished += 1
-        if live.leave_queue():
+        if live.scheduled_at is None:  # never scheduled: still counted in the admission queue
             self.admission.dequeued(live.core)
         self._emit(live, live.final_output(reason, now, error))
 
@@ -361,12 +341,18 @@ class Engine:
             log.exception("on_output callback raised for %s", out.request_id)
 
     def _fail_all(self, message: str, reset: bool = False) -> None:
+        if reset:
+            self.runner.reset()
+        self._fail(None, message)
+
+    def _fail(self, request_ids: list[str] | None, message: str) -> None:
+        """End these requests (None: every live one) with an error final."""
         now = time.monotonic()
         with self._lock:
-            if reset:
-                self.runner.reset()
-            for live in list(self._live.values()):
-                self._final(live, FINISH_ERROR, now, error=message)
+            for rid in list(self._live) if request_ids is None else request_ids:
+                live = self._live.get(rid)
+                if live is not None:
+                    self._final(live, FINISH_ERROR, now, error=message)
 
 
 def _batch_invariant_dtype(cfg: EngineConfig) -> str:

@@ -1,17 +1,16 @@
-"""Hardware memory probes (host RAM, CUDA, NVML) and `make_probe`, which turns the
-`memory_probe` setting into a probe.
+"""Hardware memory probes (host RAM, CUDA, NVML) and `make_probe` for the `memory_probe` setting.
 
-The core keeps the probe protocol and the probes that read a setting (fixed:, file:); these
-read the machine, so they live here. torch / pynvml / psutil are imported when a probe is
-built, not at import: the Triton adapter and the settings code import this module cheaply.
-"""
+The core keeps the probe protocol and the probes that read a setting (fixed:, file:); these read
+the machine. torch / pynvml / psutil are imported when a probe is built, not at import."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from ..core.memory import PROBE_KINDS, MemoryProbe, make_config_probe
+from ..core.memory import MemoryProbe, make_config_probe
+
+PROBE_KINDS = "auto, psutil, cuda, nvml, fixed:<bytes> or file:<path>"
 
 
 class PsutilProbe:
@@ -19,7 +18,7 @@ class PsutilProbe:
 
     name = "psutil"
 
-    def __init__(self):
+    def __init__(self, device_index: int = 0):  # host memory: the index does not matter
         import psutil
 
         self._vm = psutil.virtual_memory
@@ -88,9 +87,8 @@ def _cuda_uuid(device_index: int) -> str | None:
 
 
 class NvmlProbe:
-    """NVML free memory of one GPU, the one CUDA (torch, Triton) calls `device_index`
-    The device is found by its UUID when torch has it,
-    else through CUDA_VISIBLE_DEVICES (nvml_device_for)."""
+    """NVML free memory of the GPU CUDA (torch, Triton) calls `device_index`: found by its UUID
+    when torch has it, else through CUDA_VISIBLE_DEVICES (nvml_device_for)."""
 
     name = "nvml"
 
@@ -138,17 +136,12 @@ def make_probe(spec: str = "auto", device: str | None = None, device_index: int 
     if device_index is None:
         device_index = device_index_of(device)
     spec = (spec or "auto").strip().lower()
-    if spec == "psutil":
-        return PsutilProbe()
-    if spec == "cuda":
-        return CudaProbe(device_index)
-    if spec == "nvml":
-        return NvmlProbe(device_index)
-    if spec == "auto":
-        if device != "cpu":
-            try:
-                return NvmlProbe(device_index)
-            except Exception:  # no pynvml, no driver, no GPU: fall back to host memory
-                pass
-        return PsutilProbe()
-    raise ValueError(f"unknown memory probe {spec!r}; use {PROBE_KINDS}")
+    if spec == "auto" and device != "cpu":
+        try:
+            return NvmlProbe(device_index)
+        except Exception:  # no pynvml, no driver, no GPU: fall back to host memory
+            pass
+    kinds = {"auto": PsutilProbe, "psutil": PsutilProbe, "cuda": CudaProbe, "nvml": NvmlProbe}
+    if spec not in kinds:
+        raise ValueError(f"unknown memory probe {spec!r}; use {PROBE_KINDS}")
+    return kinds[spec](device_index)

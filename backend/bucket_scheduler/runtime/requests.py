@@ -37,16 +37,10 @@ class LiveRequest:
     prefix_sent: bool = False
     done: bool = False
     cancel_requested: bool = False
-    waiting: bool = True  # counted in the admission queue
 
     @property
     def request_id(self) -> str:
         return self.gen.request_id
-
-    def leave_queue(self) -> bool:
-        """True the first time: it no longer counts against the queue caps."""
-        was, self.waiting = self.waiting, False
-        return was
 
     def got_token(self, now: float) -> None:
         if self.first_token_at is None:
@@ -61,11 +55,7 @@ class LiveRequest:
         return self._output(self._with_prefix(delta))
 
     def final_output(self, reason: str, now: float, error: str | None) -> RequestOutput:
-        seq = self.seq
-        if reason == FINISH_ERROR:
-            text = ""
-        else:
-            text = seq.take_delta() if self.gen.stream else seq.text
+        text = "" if reason == FINISH_ERROR else self.seq.take_delta() if self.gen.stream else self.seq.text
         out = self._output(self._with_prefix(text))
         out.finished, out.finish_reason, out.error_message = True, reason, error
         out.metrics = self._metrics(now)
@@ -111,38 +101,24 @@ class RequestBuilder:
         params = req.sampling
         prompt_ids = self._tokenize(req)
         check_length(len(prompt_ids), params.max_tokens, self.config)
-        core = Request(
-            request_id=req.request_id,
-            prompt_len=len(prompt_ids),
-            max_new_tokens=params.max_tokens,
-            arrival_time=time.monotonic(),
-            req_class=RequestClass.ONLINE if req.req_class == "online" else RequestClass.OFFLINE,
-            priority=req.priority,
-            slo_ttft_s=req.slo_ttft_ms / 1000.0 if req.slo_ttft_ms is not None else None,
-            slo_tpot_s=req.slo_tpot_ms / 1000.0 if req.slo_tpot_ms is not None else None,
-        )
-        seq = Sequence(
-            request_id=req.request_id,
-            prompt_ids=prompt_ids,
-            params=params,
-            eos_ids=self.eos_ids,
-            detok=IncrementalDetokenizer(self.detok_tokenizer, prompt_ids),
-            generator=None if is_greedy(params) else make_generator(params.seed, self.device),
-        )
+        seconds = lambda ms: ms / 1000.0 if ms is not None else None  # noqa: E731
+        core = Request(req.request_id, len(prompt_ids), params.max_tokens, time.monotonic(),
+                       req_class=RequestClass.ONLINE if req.req_class == "online" else RequestClass.OFFLINE,
+                       priority=req.priority, slo_ttft_s=seconds(req.slo_ttft_ms), slo_tpot_s=seconds(req.slo_tpot_ms))
+        generator = None if is_greedy(params) else make_generator(params.seed, self.device)
+        seq = Sequence(req.request_id, prompt_ids, params, self.eos_ids,
+                       IncrementalDetokenizer(self.detok_tokenizer, prompt_ids), generator)
         return LiveRequest(gen=req, core=core, seq=seq, on_output=on_output)
 
     def _tokenize(self, req: GenerationRequest) -> list[int]:
         with self._tok_lock:
-            if req.apply_chat_template:
-                if not getattr(self.tokenizer, "chat_template", None):
-                    raise InvalidRequest("apply_chat_template: this model's tokenizer has no chat template")
-                text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": req.prompt}], add_generation_prompt=True, tokenize=False
-                )
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            else:
-                ids = self.tokenizer(req.prompt, add_special_tokens=True)["input_ids"]
-        return list(ids)
+            if not req.apply_chat_template:
+                return list(self.tokenizer(req.prompt, add_special_tokens=True)["input_ids"])
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise InvalidRequest("apply_chat_template: this model's tokenizer has no chat template")
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": req.prompt}],
+                                                      add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def load_tokenizer(path, trust_remote_code: bool):

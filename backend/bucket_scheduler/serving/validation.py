@@ -41,8 +41,6 @@ FIELDS = {
     "slo_tpot_ms": "float",
     "apply_chat_template": "bool",
 }
-SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos", "min_tokens")
-REQUEST_FIELDS = ("stream", "priority", "slo_ttft_ms", "slo_tpot_ms", "exclude_input_in_output", "apply_chat_template")
 # Parameters some clients add on their own; not ours to judge.
 IGNORED_PARAMETERS_PREFIX = ("triton_", "sequence_", "priority_", "timeout", "binary_data", "headers")
 
@@ -164,10 +162,10 @@ def to_generation_request(values: Mapping[str, Any], request_id: str, config: En
         raise InvalidRequest("text_input: required (the prompt, a UTF-8 string)")
     # Only what the request gave: every default lives in the api.py dataclasses (max_tokens:
     # the engine's default_max_tokens, filled in by the validator).
-    sampling = {k: values[k] for k in SAMPLING_FIELDS if k in values}
+    sampling = {k: v for k, v in values.items() if k in SamplingParams.__dataclass_fields__}
     if "stop" in sampling:  # an empty tensor entry means no stop string
         sampling["stop"] = [s for s in sampling["stop"] if s != ""]
-    given = {k: values[k] for k in REQUEST_FIELDS if k in values}
+    given = {k: v for k, v in values.items() if k in GenerationRequest.__dataclass_fields__}
     if "request_class" in values:
         given["req_class"] = values["request_class"].strip().lower()
     req = GenerationRequest(request_id=request_id, prompt=prompt, sampling=SamplingParams(**sampling), **given)
