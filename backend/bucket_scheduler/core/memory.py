@@ -259,8 +259,8 @@ class MemoryPlanner:
         need = self.planned_bytes(BatchShape(1, self.worst_tokens(req), self.worst_tokens(req)))
         if need > budget:
             return (
-                f"worst-case KV {fmt_gib(need)} for prompt {req.prompt_len} + max_tokens "
-                f"{req.max_new_tokens} exceeds memory budget {fmt_gib(budget)}"
+                f"worst-case KV {need} bytes ({fmt_gib(need)}) for prompt {req.prompt_len} + max_tokens "
+                f"{req.max_new_tokens} exceeds memory budget {budget} bytes ({fmt_gib(budget)})"
             )
         return None
 

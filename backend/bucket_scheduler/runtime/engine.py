@@ -158,7 +158,8 @@ class Engine:
                     raise InvalidRequest(f"request_id: {live.request_id!r} is already in flight; use a unique id")
                 self.admission.check(live.core)
                 if not self.scheduler.add(live.core):
-                    raise InvalidRequest(f"prompt: request can never be scheduled: {live.core.reject_reason}; "
+                    raise InvalidRequest(f"prompt: request can never be scheduled: {live.core.reject_reason} "
+                                         f"({self.kv_spec.bytes_per_token} KV bytes per token); "
                                          "shorten the prompt or lower max_tokens")
             except InvalidRequest:
                 self.counters.rejected_invalid += 1
