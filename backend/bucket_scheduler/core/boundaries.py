@@ -79,17 +79,12 @@ class BoundaryMode(Protocol):
 
 
 def make_boundary_mode(cfg: BoundaryConfig, max_model_len: int) -> BoundaryMode:
-    if cfg.bucket_mode == "median":
-        return MedianMode(cfg)
-    if cfg.bucket_mode == "algorithm1":
-        return Algorithm1Mode(cfg)
-    if cfg.bucket_mode == "dp":
-        return DpMode(cfg, max_model_len)
-    return FixedMode(cfg)
+    modes = {"median": MedianMode, "algorithm1": Algorithm1Mode, "dp": DpMode, "fixed": FixedMode}
+    return modes[cfg.bucket_mode](cfg, max_model_len)
 
 
 class FixedMode:
-    def __init__(self, cfg: BoundaryConfig | None = None):
+    def __init__(self, cfg: BoundaryConfig, max_model_len: int):
         self.cfg = cfg
 
     def observe(self, length: int) -> None:

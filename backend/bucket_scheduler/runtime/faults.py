@@ -1,8 +1,6 @@
 """Test-only fault injection, off unless the environment variable FAULT_ENV is "1": a model step
 whose batch holds a prompt containing FAULT_MARKER raises, and while the file named by
-FAULT_FILE_ENV exists every model step (the health canary included) raises: a fault that is
-not any request's input (see docs/reliability.md).
-"""
+FAULT_FILE_ENV exists every model step (the canary too) raises (docs/reliability.md)."""
 
 from __future__ import annotations
 

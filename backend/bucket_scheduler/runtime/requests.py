@@ -1,10 +1,7 @@
-"""Request building: a GenerationRequest becomes what the engine tracks (LiveRequest): the
-validated request, its prompt tokens, the core's view of it (core.Request) and its generation
-state (Sequence). A LiveRequest also turns its progress into RequestOutputs.
-
-Tokenizing happens on the caller's thread (submit()), with its own tokenizer object: the
-engine thread detokenizes with another, so the two never share a Rust tokenizer.
-"""
+"""Request building: a GenerationRequest becomes a LiveRequest (the validated request, the
+core's view of it, its Sequence), which also turns its progress into RequestOutputs. Tokenizing
+runs on the caller's thread with its own tokenizer object: the engine thread detokenizes with
+another, so the two never share a Rust tokenizer."""
 
 from __future__ import annotations
 

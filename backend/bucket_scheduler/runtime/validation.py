@@ -1,14 +1,8 @@
-"""The one request validator: a GenerationRequest checked against an EngineConfig.
-
-Every entry point uses it: the Triton model (serving/validation.py decodes tensors and
-parameters, then calls validate_request), the in-process engine (Engine.submit) and the
-benchmarks through the engine. Every message names the field first ("temperature: ..."), so a
-frontend can map it back to the field; `names` spells a field the way the caller's API does
-(Triton calls the prompt `text_input`).
-
-Pure: no torch, no tokenizer. The one check that needs the tokenizer (prompt tokens plus
-max_tokens against max_model_len) is check_length, called once the prompt is encoded.
-"""
+"""The one request validator: a GenerationRequest checked against an EngineConfig, for every
+entry point (the Triton model after serving/validation.py decoded the tensors, Engine.submit for
+in-process callers and benchmarks). Every message names the field first ("temperature: ..."),
+spelled as the caller's API does (`names`: Triton calls the prompt `text_input`), so a frontend
+can map it back. Pure; check_length runs once the prompt is tokenized."""
 
 from __future__ import annotations
 
