@@ -73,12 +73,12 @@ class EngineRun:
 
     def __init__(self, args, policy: str):
         from bucket_scheduler.runtime.api import EngineConfig
-        from bucket_scheduler.runtime.engine import RUNTIME_SCHEDULER_DEFAULTS, Engine
+        from bucket_scheduler.runtime.engine import Engine
 
         cfg = EngineConfig(model_dir=args.model_dir, policy=policy, dtype=args.dtype, threads=args.threads,
                            max_model_len=args.max_model_len, max_queue_requests=4096)
         self.engine = Engine(cfg).start()
-        self.options = {**RUNTIME_SCHEDULER_DEFAULTS.get(policy, {}), **cfg.scheduler_options}
+        self.options = cfg.policy_options()
         self.policy = policy
         self.samples: list[StepSample] = []
         self._cur: dict = {}

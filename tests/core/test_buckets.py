@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bucket_scheduler.core.buckets import BucketManager, histogram_edges, optimal_boundaries
+from bucket_scheduler.core.boundaries import BoundaryConfig, histogram_edges, optimal_boundaries
+from bucket_scheduler.core.buckets import BucketManager
 
 from .helpers import req
 
@@ -25,7 +26,7 @@ def test_algorithm1_worked_example():
       [0,128)  holds 4, not > 4                      -> stays
     Merge once total < 0.5 * N_max = 2, one neighbour pair per call, emptiest union first.
     """
-    mgr = BucketManager(1024, mode="algorithm1", max_buckets=8)
+    mgr = BucketManager(1024, BoundaryConfig(bucket_mode="algorithm1", max_buckets=8))
     rs = {n: req(n, prompt=n) for n in (10, 20, 30, 100, 200, 700)}
     for r in rs.values():
         mgr.add(r)
@@ -50,7 +51,7 @@ def test_algorithm1_worked_example():
 
 
 def test_algorithm1_does_not_split_when_mass_is_above_midpoint():
-    mgr = BucketManager(1024, mode="algorithm1")
+    mgr = BucketManager(1024, BoundaryConfig(bucket_mode="algorithm1"))
     for i in range(10):
         mgr.add(req(i, prompt=600 + i))
     mgr.rebalance(lambda b: 4)
@@ -58,7 +59,7 @@ def test_algorithm1_does_not_split_when_mass_is_above_midpoint():
 
 
 def test_algorithm1_respects_max_buckets():
-    mgr = BucketManager(1 << 14, mode="algorithm1", max_buckets=3)
+    mgr = BucketManager(1 << 14, BoundaryConfig(bucket_mode="algorithm1", max_buckets=3))
     for i in range(50):
         mgr.add(req(i, prompt=1 + i))
     mgr.rebalance(lambda b: 2)
@@ -93,7 +94,7 @@ def test_dp_boundaries_are_optimal(bins, k):
 
 
 def test_dp_mode_places_boundaries_around_length_clusters():
-    mgr = BucketManager(8192, mode="dp", max_buckets=2, dp_min_observations=20)
+    mgr = BucketManager(8192, BoundaryConfig(bucket_mode="dp", max_buckets=2, dp_min_observations=20))
     for i in range(40):
         mgr.add(req(i, prompt=100 + i % 5 if i % 2 else 3000 + i % 7))
     mgr.rebalance(lambda b: 8)
@@ -103,7 +104,7 @@ def test_dp_mode_places_boundaries_around_length_clusters():
 
 
 def test_dp_hysteresis_keeps_boundaries_when_gain_is_small():
-    mgr = BucketManager(8192, mode="dp", max_buckets=3, dp_refresh=10, dp_min_observations=10)
+    mgr = BucketManager(8192, BoundaryConfig(bucket_mode="dp", max_buckets=3, dp_refresh=10, dp_min_observations=10))
     for i in range(10):
         mgr.add(req(i, prompt=[100, 1000, 5000][i % 3]))
     mgr.rebalance(lambda b: 3)
@@ -123,7 +124,7 @@ def test_histogram_edges_cover_range_with_relative_width():
 
 
 def test_remove_and_select_order():
-    mgr = BucketManager(4096, mode="fixed", boundaries=[1000])
+    mgr = BucketManager(4096, BoundaryConfig(bucket_mode="fixed", boundaries=[1000]))
     a = req("a", prompt=2000, new=10, t=0.0)
     b = req("b", prompt=100, new=10, t=0.0)
     c = req("c", prompt=150, new=10, t=0.0, online=True)
@@ -137,7 +138,7 @@ def test_remove_and_select_order():
 
 
 def test_set_boundaries_redistributes_waiting():
-    mgr = BucketManager(4096, mode="fixed", boundaries=[1000])
+    mgr = BucketManager(4096, BoundaryConfig(bucket_mode="fixed", boundaries=[1000]))
     for i, n in enumerate((10, 500, 1500, 3000)):
         mgr.add(req(i, prompt=n))
     mgr.set_boundaries([200, 2000])
@@ -145,12 +146,12 @@ def test_set_boundaries_redistributes_waiting():
 
 
 def test_histogram_coarsening_keeps_totals_and_bounds_bins():
-    mgr = BucketManager(16384, mode="dp", dp_min_observations=10**9)
+    mgr = BucketManager(16384, BoundaryConfig(bucket_mode="dp", dp_min_observations=10**9))
     lengths = [7 + (i * 37) % 16000 for i in range(3000)]
     for i, n in enumerate(lengths):
         mgr.add(req(i, prompt=n))
-    full = mgr._histogram()
-    coarse = mgr._histogram(max_bins=50)
+    full = mgr.mode.histogram()
+    coarse = mgr.mode.histogram(max_bins=50)
     assert len(full[0]) > 50 >= len(coarse[0])
     assert sum(coarse[1]) == sum(full[1]) == len(lengths)
     assert sum(coarse[2]) == sum(full[2]) == sum(lengths)
@@ -172,7 +173,7 @@ def spans(mgr):
 def assert_partition(mgr, max_len):
     assert mgr.buckets[0].low == 0 and mgr.buckets[-1].up == max_len
     assert all(a.up == b.low and a.low < a.up for a, b in zip(mgr.buckets, mgr.buckets[1:]))
-    assert len(mgr.buckets) <= mgr.max_buckets
+    assert len(mgr.buckets) <= mgr.config.max_buckets
     for b in mgr.buckets:
         assert all(b.holds(e.req.seq_len) for e in b.live_entries())
 
@@ -180,8 +181,8 @@ def assert_partition(mgr, max_len):
 def test_midpoint_rule_never_splits_a_queue_above_the_midpoint_but_median_does():
     """100 waiting requests in [1100, 2000), L = 2048, N_max = 8."""
     lengths = [1100 + (i * 9) % 900 for i in range(100)]
-    paper = BucketManager(2048, mode="algorithm1")
-    default = BucketManager(2048, mode="median")
+    paper = BucketManager(2048, BoundaryConfig(bucket_mode="algorithm1"))
+    default = BucketManager(2048, BoundaryConfig(bucket_mode="median"))
     for mgr in (paper, default):
         for i, n in enumerate(lengths):
             mgr.add(req(i, prompt=n))
@@ -194,7 +195,7 @@ def test_midpoint_rule_never_splits_a_queue_above_the_midpoint_but_median_does()
 
 
 def test_median_buckets_merge_when_the_queue_drains():
-    mgr = BucketManager(2048, mode="median")
+    mgr = BucketManager(2048, BoundaryConfig(bucket_mode="median"))
     reqs = [req(i, prompt=1100 + 9 * i) for i in range(100)]
     for r in reqs:
         mgr.add(r)
@@ -208,7 +209,7 @@ def test_median_buckets_merge_when_the_queue_drains():
 
 
 def test_median_leaves_identical_lengths_alone():
-    mgr = BucketManager(2048, mode="median")
+    mgr = BucketManager(2048, BoundaryConfig(bucket_mode="median"))
     for i in range(50):
         mgr.add(req(i, prompt=1500 + i % 3))
     mgr.rebalance(lambda b: 4)
@@ -225,7 +226,7 @@ def test_median_leaves_identical_lengths_alone():
 )
 def test_median_split_makes_progress_on_skewed_queues(start, width, draws, n_max, max_buckets):
     max_len = 4096
-    mgr = BucketManager(max_len, mode="median", max_buckets=max_buckets)
+    mgr = BucketManager(max_len, BoundaryConfig(bucket_mode="median", max_buckets=max_buckets))
     lengths = [min(max_len - 1, start + d % width) for d in draws]
     for i, n in enumerate(lengths):
         mgr.add(req(i, prompt=n))
@@ -241,24 +242,24 @@ def test_median_split_makes_progress_on_skewed_queues(start, width, draws, n_max
     if len(mgr.buckets) < max_buckets:
         # no bucket holds two batches unless its lengths are too alike to be worth a cut
         for count, shortest, longest in spans(mgr):
-            assert count < 2 * n_max or longest - shortest < 2 * mgr.min_bucket_width
-    if len(draws) >= 2 * n_max and max(lengths) - min(lengths) >= 2 * mgr.min_bucket_width:
+            assert count < 2 * n_max or longest - shortest < 2 * mgr.config.min_bucket_width
+    if len(draws) >= 2 * n_max and max(lengths) - min(lengths) >= 2 * mgr.config.min_bucket_width:
         assert len(mgr.buckets) > 1  # a skewed, splittable queue is split
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 999), min_size=1, max_size=200), st.data())
 def test_fenwick_kth_is_the_kth_smallest(lengths, data):
-    mgr = BucketManager(1000, mode="fixed", boundaries=[500])
+    mgr = BucketManager(1000, BoundaryConfig(bucket_mode="fixed", boundaries=[500]))
     for i, n in enumerate(lengths):
         mgr.add(req(i, prompt=n))
     k = data.draw(st.integers(1, len(lengths)))
-    assert mgr._lengths.kth(k) == sorted(lengths)[k - 1]
+    assert mgr.lengths.kth(k) == sorted(lengths)[k - 1]
 
 
 def test_dp_keeps_buckets_that_hold_batches():
     """24 waiting requests of all lengths with N_max = 8: at most 3 buckets, not one per cluster."""
-    mgr = BucketManager(8192, mode="dp", max_buckets=32, dp_min_observations=20)
+    mgr = BucketManager(8192, BoundaryConfig(bucket_mode="dp", max_buckets=32, dp_min_observations=20))
     reqs = [req(i, prompt=50 + 330 * i) for i in range(24)]
     for r in reqs:
         mgr.add(r)
@@ -273,7 +274,7 @@ def test_dp_keeps_buckets_that_hold_batches():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 8000), min_size=1, max_size=120), st.integers(1, 12), st.integers(0, 119))
 def test_dp_bucket_count_follows_n_max(lengths, n_max, drop):
-    mgr = BucketManager(8192, mode="dp", max_buckets=32, dp_refresh=10, dp_min_observations=10)
+    mgr = BucketManager(8192, BoundaryConfig(bucket_mode="dp", max_buckets=32, dp_refresh=10, dp_min_observations=10))
     reqs = [req(i, prompt=n) for i, n in enumerate(lengths)]
     for r in reqs:
         mgr.add(r)

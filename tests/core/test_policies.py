@@ -204,3 +204,24 @@ def test_bucket_refill_scope_auto_mixes_only_a_shallow_queue():
         s.add(req(f"c{i}", prompt=120 + i, new=50, t=0.1))
     out = s.schedule(0.2)
     assert all(r.prompt_len < 1000 for r in out.prefill) and len(out.prefill) == 4
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_output_names_what_the_runner_must_drop(policy):
+    """One owner of 'which requests run': a running request that is finished or cancelled is
+    named in the next output's `ended` (once), so a driver follows the output and repairs nothing;
+    a request cancelled while still waiting never ran and is not named."""
+    s = make(policy, max_num_seqs=2)
+    for rid in ("a", "b", "c"):
+        s.add(req(rid, prompt=50, new=20))
+    first = s.schedule(0.0)
+    running = [r.request_id for r in first.running]
+    assert len(running) == 2 and first.ended == []
+    waiting = ({"a", "b", "c"} - set(running)).pop()
+    s.finish(running[0], 0.01)
+    s.cancel(running[1], 0.01)
+    s.cancel(waiting, 0.01)
+    out = s.schedule(0.02)
+    assert sorted(out.ended) == sorted(running)
+    assert s.schedule(0.03).ended == []
+    assert not s.has_work()

@@ -106,7 +106,7 @@ class BucketMachine(SchedulerMachine):
         # ranges partition [0, MAX_LEN) without overlap and never exceed the bound
         assert mgr.buckets[0].low == 0 and mgr.buckets[-1].up == MAX_LEN
         assert all(a.up == b.low and a.low < a.up for a, b in zip(mgr.buckets, mgr.buckets[1:]))
-        assert len(mgr.buckets) <= mgr.max_buckets
+        assert len(mgr.buckets) <= mgr.config.max_buckets
         # each waiting request sits in exactly one bucket, the one holding its length
         depth = {id(b): 0 for b in mgr.buckets}
         for r in mgr.requests():
@@ -118,7 +118,7 @@ class BucketMachine(SchedulerMachine):
         # its bucket, and a fresh batch starts with an online request when one is waiting
         admitted = out.prefill
         before = [self.accepted[rid] for rid in waiting_before]
-        starving = any(self.now - r.arrival_time > self.sched.max_wait_s for r in before)  # the guard may win
+        starving = any(self.now - r.arrival_time > self.sched.refill.max_wait_s for r in before)  # the guard may win
         if admitted and not was_running and not starving and any(r.is_online for r in before):
             assert admitted[0].is_online
         if any(not r.is_online for r in admitted):

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from bucket_scheduler.runtime.engine import FAULT_ENV, FAULT_FILE_ENV, FAULT_MARKER, MAX_CONSECUTIVE_FAULTS
+from bucket_scheduler.runtime.admission import MAX_CONSECUTIVE_FAULTS
+from bucket_scheduler.runtime.faults import FAULT_ENV, FAULT_FILE_ENV, FAULT_MARKER
 from bucketserve_client import GrpcClient, HttpClient
 
 from .conftest import SETTINGS, launch

@@ -16,7 +16,8 @@ from bucket_scheduler.runtime.api import (
     Overloaded,
     SamplingParams,
 )
-from bucket_scheduler.runtime.engine import MAX_CONSECUTIVE_FAULTS, Engine
+from bucket_scheduler.runtime.admission import MAX_CONSECUTIVE_FAULTS
+from bucket_scheduler.runtime.engine import Engine
 
 PROMPTS = [
     "The capital of France is",
@@ -321,7 +322,7 @@ def test_shutdown_lets_in_flight_finish():
 
 def test_scheduler_reject_is_invalid_request():
     eng = make_engine(memory_probe="fixed:1000")  # far too little memory for any request
-    with pytest.raises(InvalidRequest, match="never be scheduled"):
+    with pytest.raises(InvalidRequest, match=r"never be scheduled: .*memory budget 900 bytes"):
         eng.submit(req("big", "hello there"), Collector())
     eng.shutdown(timeout_s=0)
 

@@ -57,8 +57,10 @@ def run_batched(model, tok, prompts, max_tokens, seed, max_prefill_tokens):
         if runner.rows:
             runner.decode()
             kv = runner.kv
-            # Left columns that are padding in every row have been dropped.
-            widths.append((kv.width, max(kv.lengths)))
+            # Left columns that are padding in every row have been dropped (finished rows
+            # leave at once: a batch that just finished has no rows left to measure).
+            if kv.lengths:
+                widths.append((kv.width, max(kv.lengths)))
     return seqs, cancelled, logits, widths
 
 

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from bucket_scheduler.core.factory import make_scheduler
-from bucket_scheduler.core.memory import FixedProbe, KVSpec, MemoryPlanner, make_probe
+from bucket_scheduler.core.memory import FixedProbe, KVSpec, MemoryPlanner
+from bucket_scheduler.runtime.probes import make_probe
 from bucket_scheduler.core.request import Request
 
 POLICIES = ["bucket", "static", "continuous", "uellm"]

@@ -74,3 +74,25 @@ def test_instance_device_id_must_be_an_integer():
 def test_model_py_builds_its_config_from_the_instance_args(model, repo_root):
     source = (repo_root / "model_repository" / model / "1" / "model.py").read_text()
     assert "engine_config_from_triton_args(args)" in source
+
+
+@pytest.mark.parametrize("model", ["bucketserve", "bucketserve_tiny"])
+def test_shipped_configs_set_only_what_differs_from_the_defaults(model, repo_root):
+    """One source of defaults: EngineConfig. A config.pbtxt repeats none of them."""
+    params = read_parameters((repo_root / "model_repository" / model / "config.pbtxt").read_text())
+    default = EngineConfig()
+    for key, raw in params.items():
+        assert getattr(engine_config_from_parameters({key: raw}), key) != getattr(default, key), (model, key)
+
+
+def test_readme_defaults_are_the_engine_defaults(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    default = EngineConfig()
+    for name in EngineConfig.__dataclass_fields__:
+        if name == "scheduler_options":
+            continue
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` |"))
+        cell = row.split("|")[2].strip().strip("`")
+        cell = "" if cell in ("empty", "(empty)") else cell
+        parsed = engine_config_from_parameters({name: cell}) if cell else default
+        assert getattr(parsed, name) == getattr(default, name), (name, cell)

@@ -13,12 +13,13 @@ import itertools
 import time
 
 from .interface import SchedulerOutput, StepStats
-from .memory import BatchShape, MemoryPlanner, fmt_gib
+from .memory import BatchShape, MemoryPlanner
 from .request import Request, RequestState
 
 
 class SchedulerBase:
     policy_name = "base"
+    CONFIGS: dict[str, type] = {}  # constructor argument -> its config dataclass (factory.py)
 
     def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int):
         if max_model_len < 1 or max_num_seqs < 1:
@@ -29,10 +30,9 @@ class SchedulerBase:
         self.kv_bytes_in_use = 0
         self.requests: dict[str, Request] = {}  # every waiting or running request
         self.running: list[Request] = []  # in admission order (preemption takes from the end)
-        self._running_ids: set[str] = set()
+        self._ended: list[str] = []  # left the running set since the last schedule()
         self._deadlines: list = []  # (deadline, seq, req) of online requests, lazily cleaned
         self._seq = itertools.count()
-        self.last_budget = 0
         self.steps = 0
 
     # --- protocol ------------------------------------------------------------
@@ -55,8 +55,8 @@ class SchedulerBase:
         t0 = time.perf_counter()
         self.steps += 1
         budget = self.planner.budget_bytes(self.kv_bytes_in_use)
-        self.last_budget = budget
         out = SchedulerOutput()
+        out.ended, self._ended = self._ended, []
         self._fit_running(budget, out)
         if not out.preempted:  # memory just shrank: admit nothing this step
             self._admit(now, budget, out)
@@ -113,9 +113,9 @@ class SchedulerBase:
         req = self.requests.pop(request_id, None)
         if req is None:
             return
-        if request_id in self._running_ids:
-            self._running_ids.discard(request_id)
+        if req.state is RequestState.RUNNING:  # the request's state is the one record of it
             self.running.remove(req)
+            self._ended.append(request_id)
             self._on_leave_running(req)
         else:
             self._dequeue(req)
@@ -127,7 +127,6 @@ class SchedulerBase:
     def _start(self, req: Request, out: SchedulerOutput) -> None:
         req.state = RequestState.RUNNING
         self.running.append(req)
-        self._running_ids.add(req.request_id)
         out.prefill.append(req)
 
     def running_shape(self) -> BatchShape:
@@ -140,7 +139,6 @@ class SchedulerBase:
             return
         while self.running and not self.planner.fits(self.running_shape(), budget):
             req = self.running.pop()
-            self._running_ids.discard(req.request_id)
             self._on_leave_running(req)
             req.state = RequestState.WAITING
             req.times_preempted += 1
@@ -191,6 +189,3 @@ class SchedulerBase:
 
     def _extra_stats(self, st: StepStats) -> None:
         pass
-
-    def describe_budget(self) -> str:
-        return fmt_gib(self.last_budget)

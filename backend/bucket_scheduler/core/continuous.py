@@ -10,24 +10,27 @@ recently admitted requests are preempted and recomputed later (vLLM's recompute)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import SchedulerBase
 from .fifo import FifoQueue, FifoWaiting
 from .interface import SchedulerOutput
 from .memory import MemoryPlanner
 
 
+@dataclass(frozen=True)
+class ContinuousConfig:
+    max_num_batched_tokens: int | None = None  # None: max(max_model_len, 2048)
+
+
 class ContinuousScheduler(FifoWaiting, SchedulerBase):
     policy_name = "continuous"
+    CONFIGS = {"config": ContinuousConfig}
 
-    def __init__(
-        self,
-        planner: MemoryPlanner,
-        max_model_len: int,
-        max_num_seqs: int,
-        max_num_batched_tokens: int | None = None,
-    ):
+    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
+                 config: ContinuousConfig = ContinuousConfig()):
         super().__init__(planner, max_model_len, max_num_seqs)
-        self.max_num_batched_tokens = max_num_batched_tokens or max(max_model_len, 2048)
+        self.max_num_batched_tokens = config.max_num_batched_tokens or max(max_model_len, 2048)
         self.queue = FifoQueue()
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:

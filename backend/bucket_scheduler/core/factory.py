@@ -2,15 +2,16 @@
 
     make_scheduler(policy, planner, max_model_len, max_num_seqs, **options)
 
-policy: "bucket" | "static" | "continuous" | "uellm".  Options are the keyword
-arguments of the policy's class (BucketScheduler, StaticScheduler,
-ContinuousScheduler, UellmScheduler); an unknown option raises ValueError
+policy: "bucket" | "static" | "continuous" | "uellm".  A policy class names its parts'
+config dataclasses in CONFIGS ({constructor argument: dataclass}); options are the fields of
+those dataclasses, given flat (`scheduler.<option>` in the settings) and handed to the part
+that owns them. Each default lives in its dataclass. An unknown option raises ValueError
 naming the accepted ones, so a typo in config.pbtxt fails loudly.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 
 from .continuous import ContinuousScheduler
 from .interface import Scheduler
@@ -29,9 +30,7 @@ POLICIES = {
 
 def policy_options(policy: str) -> dict[str, object]:
     """Option names of a policy and their defaults."""
-    cls = _cls(policy)
-    params = list(inspect.signature(cls.__init__).parameters.values())[4:]  # after self, planner, lens
-    return {p.name: p.default for p in params}
+    return {f.name: f.default for cfg in _cls(policy).CONFIGS.values() for f in dataclasses.fields(cfg)}
 
 
 def _cls(policy: str):
@@ -45,10 +44,13 @@ def make_scheduler(
     policy: str, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int, **options
 ) -> Scheduler:
     cls = _cls(policy)
-    allowed = policy_options(policy)
-    unknown = sorted(set(options) - set(allowed))
+    unknown = sorted(set(options) - set(policy_options(policy)))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown} for policy {policy!r}; accepted: {sorted(allowed)}"
+            f"unknown option(s) {unknown} for policy {policy!r}; accepted: {sorted(policy_options(policy))}"
         )
-    return cls(planner, max_model_len, max_num_seqs, **options)
+    parts = {
+        arg: cfg(**{f.name: options[f.name] for f in dataclasses.fields(cfg) if f.name in options})
+        for arg, cfg in cls.CONFIGS.items()
+    }
+    return cls(planner, max_model_len, max_num_seqs, **parts)

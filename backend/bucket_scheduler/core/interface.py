@@ -8,10 +8,13 @@ Drivers: the torch engine (runtime/engine.py), the cost-model replay
     sched.on_tokens(req_id, n, now)          (n new tokens were produced for a running request)
     sched.finish(req_id, now) / sched.cancel(req_id, now)
 
-Iteration-level model: every engine step calls schedule(); the output names the
-requests to prefill this step (new admissions, to be joined to the running
-batch), the ones to preempt (drop their KV; they are WAITING again and will be
-recomputed later), and the full running set to decode.  A policy that runs
+Iteration-level model: every engine step calls schedule(); the output names
+everything the runner must add, keep and drop: the requests to prefill this
+step (new admissions, to be joined to the running batch), the ones to preempt
+(drop their KV; they are WAITING again and will be recomputed later), the
+running requests that ended (finish() / cancel()) since the last schedule(), and
+the full running set to decode. The scheduler owns which requests run; a driver
+follows its output and repairs nothing.  A policy that runs
 batches to completion (static, uellm) simply admits nothing while its batch
 still runs.
 """
@@ -56,6 +59,7 @@ class StepStats:
 class SchedulerOutput:
     prefill: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)  # ids that left the running set by finish / cancel
     running: list[Request] = field(default_factory=list)  # decode set after admissions, includes prefill
     stats: StepStats = field(default_factory=StepStats)
 

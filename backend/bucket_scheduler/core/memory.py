@@ -25,14 +25,12 @@ paged KV cache.  Each request is charged its actual prompt length (not its
 bucket's upper bound): the batch is padded to its longest member, which the
 max already covers.
 
-Probes never import torch or pynvml at module import time; the cuda and nvml
-probes import them lazily when they are built.
+The core knows only the probe protocol and the probes that read a setting (fixed:,
+file:) or a script (tests, replay); the hardware probes live in runtime/probes.py.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -146,150 +144,19 @@ class FileProbe:
             return 0
 
 
-class PsutilProbe:
-    """Host RAM the OS could hand out now (the runner on a CPU)."""
-
-    name = "psutil"
-
-    def __init__(self):
-        import psutil
-
-        self._vm = psutil.virtual_memory
-
-    def free_bytes(self) -> int:
-        return int(self._vm().available)
-
-
-class CudaProbe:
-    """torch.cuda.mem_get_info on one device (torch imported here, lazily)."""
-
-    name = "cuda"
-
-    def __init__(self, device_index: int = 0):
-        import torch  # noqa: PLC0415  (lazy on purpose: the core must not pull torch in)
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("memory probe 'cuda': no CUDA device is available")
-        self._torch = torch
-        self.device_index = device_index
-
-    def free_bytes(self) -> int:
-        free, _total = self._torch.cuda.mem_get_info(self.device_index)
-        return int(free)
-
-
-def nvml_device_for(device_index: int, visible: str | None) -> tuple[str, int | str]:
-    """Which NVML device is CUDA device `device_index` (the index torch and Triton use)?
-
-    CUDA numbers only the devices CUDA_VISIBLE_DEVICES leaves visible, in the order listed;
-    NVML numbers every physical device. Returns ("index", physical index) or ("uuid", the
-    UUID or its prefix as listed). With the variable unset or empty-listed, the indices agree.
-    """
-    if visible is None or not visible.strip():
-        return ("index", device_index)
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if not 0 <= device_index < len(entries):
-        raise ValueError(f"CUDA device {device_index} is not among CUDA_VISIBLE_DEVICES={visible!r}")
-    entry = entries[device_index]
-    if entry.isdigit():
-        return ("index", int(entry))
-    return ("uuid", entry)
-
-
-def device_index_of(device: str | None) -> int:
-    """The index of a device string: "cuda:2" -> 2; "cuda", "cpu", "auto", None -> 0."""
-    if device and ":" in device:
-        head, _, tail = device.partition(":")
-        if head == "cuda" and tail.strip().isdigit():
-            return int(tail)
-        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:<index>")
-    return 0
-
-
-def _cuda_uuid(device_index: int) -> str | None:
-    """NVML-style UUID of a CUDA device, when the runtime has already loaded torch (the core
-    never imports it) and torch knows it; else None."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        uuid = str(torch.cuda.get_device_properties(device_index).uuid)
-    except Exception:  # noqa: BLE001 - no CUDA, older torch
-        return None
-    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-
-
-class NvmlProbe:
-    """NVML free memory of one GPU, the one CUDA (torch, Triton) calls `device_index`
-    (pynvml imported here, lazily). The device is found by its UUID when torch has it,
-    else through CUDA_VISIBLE_DEVICES (nvml_device_for)."""
-
-    name = "nvml"
-
-    def __init__(self, device_index: int = 0):
-        import pynvml  # noqa: PLC0415
-
-        pynvml.nvmlInit()
-        self._nvml = pynvml
-        self._handle = self._find(pynvml, device_index)
-        self.device_index = device_index
-
-    @staticmethod
-    def _find(pynvml, device_index: int):
-        uuid = _cuda_uuid(device_index)
-        if uuid is not None:
-            try:
-                return pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            except Exception:  # noqa: BLE001 - e.g. a MIG slice: use the variable
-                pass
-        kind, key = nvml_device_for(device_index, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if kind == "index":
-            return pynvml.nvmlDeviceGetHandleByIndex(key)
-        for i in range(pynvml.nvmlDeviceGetCount()):  # CUDA accepts a UUID prefix; NVML wants it whole
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-            if uuid.startswith(key) or uuid.startswith(f"GPU-{key}"):
-                return handle
-        raise RuntimeError(f"memory probe 'nvml': no GPU with UUID {key!r} (CUDA_VISIBLE_DEVICES)")
-
-    def free_bytes(self) -> int:
-        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).free)
-
-
-def make_probe(spec: str = "auto", device: str | None = None, device_index: int | None = None) -> MemoryProbe:
-    """Build a probe from a config string.
-
-    spec: "auto" | "psutil" | "cuda" | "nvml" | "fixed:<bytes>" | "file:<path>".
-    "auto": psutil when device == "cpu"; otherwise NVML if a GPU answers, else psutil.
-    The GPU probes watch `device_index`, by default the index in `device` ("cuda:1" -> 1).
-    """
-    if device_index is None:
-        device_index = device_index_of(device)
-    spec = (spec or "auto").strip()
+def make_config_probe(spec: str) -> MemoryProbe | None:
+    """The probes that read a setting, not the hardware: "fixed:<bytes>" and "file:<path>".
+    None for any other spec (the runtime's make_probe owns the hardware ones)."""
+    spec = (spec or "").strip()
     if spec.lower().startswith("file:"):
         return FileProbe(spec[5:])
-    spec = spec.lower()
-    if spec.startswith("fixed:"):
+    if spec.lower().startswith("fixed:"):
         raw = spec.split(":", 1)[1].replace("_", "")
         try:
             return FixedProbe(int(float(raw)))
         except ValueError:
             raise ValueError(f"memory probe {spec!r}: expected fixed:<bytes>, e.g. fixed:8000000000") from None
-    if spec == "psutil":
-        return PsutilProbe()
-    if spec == "cuda":
-        return CudaProbe(device_index)
-    if spec == "nvml":
-        return NvmlProbe(device_index)
-    if spec == "auto":
-        if device != "cpu":
-            try:
-                return NvmlProbe(device_index)
-            except Exception:  # no pynvml, no driver, no GPU: fall back to host memory
-                pass
-        return PsutilProbe()
-    raise ValueError(f"unknown memory probe {spec!r}; use auto, psutil, cuda, nvml, fixed:<bytes> or file:<path>")
+    return None
 
 
 # --- planner ----------------------------------------------------------------
@@ -392,8 +259,8 @@ class MemoryPlanner:
         need = self.planned_bytes(BatchShape(1, self.worst_tokens(req), self.worst_tokens(req)))
         if need > budget:
             return (
-                f"worst-case KV {fmt_gib(need)} for prompt {req.prompt_len} + max_tokens "
-                f"{req.max_new_tokens} exceeds memory budget {fmt_gib(budget)}"
+                f"worst-case KV {need} bytes ({fmt_gib(need)}) for prompt {req.prompt_len} + max_tokens "
+                f"{req.max_new_tokens} exceeds memory budget {budget} bytes ({fmt_gib(budget)})"
             )
         return None
 

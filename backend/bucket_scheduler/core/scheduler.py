@@ -31,68 +31,42 @@ Admission stops at the first request whose worst case would exceed the budget.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import SchedulerBase
+from .boundaries import BoundaryConfig
 from .buckets import Bucket, BucketManager
 from .interface import SchedulerOutput, StepStats
-from .memory import MemoryPlanner
+from .memory import BatchShape, MemoryPlanner
 from .policy import OrderPolicy
 from .request import Request
 
 
+@dataclass(frozen=True)
+class RefillConfig:
+    """How a running batch takes new requests (scheduler options of the same names). The
+    defaults suit a fully padded runtime; the engine's own are in runtime/api.py."""
+
+    refill_padding_target: float = 0.9
+    max_wait_s: float = 5.0
+    refill_scope: str = "bucket"  # bucket | any | auto
+    online_rescue: bool = True
+
+    def __post_init__(self):
+        if self.refill_scope not in ("bucket", "any", "auto"):
+            raise ValueError(f"refill_scope must be 'bucket', 'any' or 'auto', got {self.refill_scope!r}")
+
+
 class BucketScheduler(SchedulerBase):
     policy_name = "bucket"
+    CONFIGS = {"layout": BoundaryConfig, "order": OrderPolicy, "refill": RefillConfig}
 
-    def __init__(
-        self,
-        planner: MemoryPlanner,
-        max_model_len: int,
-        max_num_seqs: int,
-        bucket_mode: str = "dp",
-        max_buckets: int = 32,
-        boundaries: list[int] | None = None,
-        split_threshold: float = 0.5,
-        merge_ratio: float = 0.5,
-        dp_refresh: int = 200,
-        dp_window: int = 4000,
-        dp_hysteresis: float = 0.05,
-        dp_min_observations: int = 32,
-        offline_order: str = "sjf",
-        aging_tokens_per_s: float = 500.0,
-        default_online_slo_s: float = 1.0,
-        priority_weight_s: float = 1.0,
-        priority_weight_tokens: float = 1000.0,
-        refill_padding_target: float = 0.9,
-        max_wait_s: float = 5.0,
-        refill_scope: str = "bucket",
-        online_rescue: bool = True,
-    ):
+    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
+                 layout: BoundaryConfig = BoundaryConfig(), order: OrderPolicy = OrderPolicy(),
+                 refill: RefillConfig = RefillConfig()):
         super().__init__(planner, max_model_len, max_num_seqs)
-        self.order = OrderPolicy(
-            offline_order=offline_order,
-            aging_tokens_per_s=aging_tokens_per_s,
-            default_online_slo_s=default_online_slo_s,
-            priority_weight_s=priority_weight_s,
-            priority_weight_tokens=priority_weight_tokens,
-        )
-        self.buckets = BucketManager(
-            max_model_len,
-            order=self.order,
-            mode=bucket_mode,
-            max_buckets=max_buckets,
-            boundaries=boundaries,
-            split_threshold=split_threshold,
-            merge_ratio=merge_ratio,
-            dp_refresh=dp_refresh,
-            dp_window=dp_window,
-            dp_hysteresis=dp_hysteresis,
-            dp_min_observations=dp_min_observations,
-        )
-        if refill_scope not in ("bucket", "any", "auto"):
-            raise ValueError(f"refill_scope must be 'bucket', 'any' or 'auto', got {refill_scope!r}")
-        self.refill_padding_target = refill_padding_target
-        self.refill_scope = refill_scope
-        self.max_wait_s = max_wait_s
-        self.online_rescue = online_rescue
+        self.order, self.refill = order, refill
+        self.buckets = BucketManager(max_model_len, layout, order)
         self._last_now: float | None = None
         self._step_s: float | None = None  # moving average of the time between steps while running
         self._anchor: int | None = None  # a length inside the running batch's bucket
@@ -120,17 +94,16 @@ class BucketScheduler(SchedulerBase):
 
     # --- decisions -----------------------------------------------------------
 
-    def n_max(self, bucket: Bucket) -> int:
-        """Memory-safe batch size for a bucket: worst case (up - 1 + typical max new) per sequence.
-
-        Cached per upper bound until the budget or the typical max_new_tokens moves."""
+    def n_max(self, up: int) -> int:
+        """Memory-safe batch size for a bucket below `up`: worst case (up - 1 + typical max new)
+        per sequence. Cached per upper bound until the budget or the typical max_new_tokens moves."""
         key = (self._budget, int(self._mean_new))
         if key != self._n_max_key:
             self._n_max_key, self._n_max_cache = key, {}
-        n = self._n_max_cache.get(bucket.up)
+        n = self._n_max_cache.get(up)
         if n is None:
-            tokens = min(self.max_model_len, bucket.up - 1 + int(self._mean_new))
-            n = self._n_max_cache[bucket.up] = self.planner.max_batch_size(tokens, self._budget, cap=self.max_num_seqs)
+            tokens = min(self.max_model_len, up - 1 + int(self._mean_new))
+            n = self._n_max_cache[up] = self.planner.max_batch_size(tokens, self._budget, cap=self.max_num_seqs)
         return n
 
     def active_bucket(self) -> Bucket | None:
@@ -143,7 +116,7 @@ class BucketScheduler(SchedulerBase):
         if not head.req.is_online and self.buckets.has_online(exclude=bucket):
             return True
         oldest = self.buckets.oldest_arrival(exclude=bucket)
-        return oldest is not None and now - oldest > self.max_wait_s
+        return oldest is not None and now - oldest > self.refill.max_wait_s
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:
         self._budget = budget
@@ -155,7 +128,7 @@ class BucketScheduler(SchedulerBase):
         if not self.buckets.count:
             return
         refill = bool(self.running)
-        if refill and self.refill_scope == "any":
+        if refill and self.refill.refill_scope == "any":
             self._refill_any(now, budget, out)
             return
         bucket = None
@@ -165,15 +138,15 @@ class BucketScheduler(SchedulerBase):
                 bucket = active
         else:
             oldest = self.buckets.oldest()
-            if oldest is not None and now - oldest[0] > self.max_wait_s:
+            if oldest is not None and now - oldest[0] > self.refill.max_wait_s:
                 bucket = oldest[1]  # starvation guard beats the ranking
             else:
                 bucket = self.buckets.select()
         if bucket is not None:
             self._fill_from(bucket, refill, budget, out)
-        if self.refill_scope == "auto":
+        if self.refill.refill_scope == "auto":
             self._fill_shallow(budget, out)
-        if self.online_rescue and self.running and self.buckets.count:
+        if self.refill.online_rescue and self.running and self.buckets.count:
             self._rescue_online(now, budget, out)
 
     def _rescue_online(self, now: float, budget: int, out: SchedulerOutput) -> None:
@@ -200,35 +173,37 @@ class BucketScheduler(SchedulerBase):
                         best = (d, e.req)
             if best is None:
                 break
-            req = best[1]
-            nxt = shape.plus(self.planner.worst_tokens(req))
-            if not self.planner.fits(nxt, budget):
+            shape = self._take(best[1], shape, budget, out)
+            if shape is None:
                 break
-            self.buckets.remove(req)
-            self._start(req, out)
-            shape = nxt
+
+    def _take(self, req: Request, shape: BatchShape, budget: int, out: SchedulerOutput) -> BatchShape | None:
+        """Admit `req` when the batch with it still fits the budget: the new shape, else None."""
+        nxt = shape.plus(self.planner.worst_tokens(req))
+        if not self.planner.fits(nxt, budget):
+            return None
+        self.buckets.remove(req)
+        self._start(req, out)
+        return nxt
 
     def _fill_from(self, bucket: Bucket, refill: bool, budget: int, out: SchedulerOutput) -> None:
         """Admit the bucket's best requests while slots, memory and (when refilling) padding allow."""
         shape = self.running_shape()
         lens_sum = sum(r.seq_len for r in self.running)
         lens_max = max((r.seq_len for r in self.running), default=0)
-        target = self.refill_padding_target
+        target = self.refill.refill_padding_target
         while len(self.running) < self.max_num_seqs:
             entry = bucket.head()
             if entry is None:
                 break
-            req = entry.req
-            nxt = shape.plus(self.planner.worst_tokens(req))
-            if not self.planner.fits(nxt, budget):
-                break
-            n = len(self.running)
+            req, n = entry.req, len(self.running)
             L = req.seq_len
             if refill and target > 0 and (lens_sum + L) < target * (n + 1) * max(lens_max, L):
                 break
-            self.buckets.remove(req)
-            self._start(req, out)
-            shape, lens_sum, lens_max = nxt, lens_sum + L, max(lens_max, L)
+            shape = self._take(req, shape, budget, out)
+            if shape is None:
+                break
+            lens_sum, lens_max = lens_sum + L, max(lens_max, L)
             if self._anchor is None:
                 self._anchor = L if bucket.holds(L) else bucket.low
         if self._anchor is None and self.running:
@@ -240,21 +215,17 @@ class BucketScheduler(SchedulerBase):
         whatever their length (memory permitting).  A deep queue keeps one bucket per batch."""
         shape = self.running_shape()
         while 0 < self.buckets.count <= self.max_num_seqs - len(self.running):
-            bucket = self.buckets.select()
-            req = bucket.head().req
-            nxt = shape.plus(self.planner.worst_tokens(req))
-            if not self.planner.fits(nxt, budget):
+            req = self.buckets.select().head().req
+            shape = self._take(req, shape, budget, out)
+            if shape is None:
                 break
-            self.buckets.remove(req)
-            self._start(req, out)
-            shape = nxt
             if self._anchor is None:
                 self._anchor = req.seq_len
 
     def _refill_any(self, now: float, budget: int, out: SchedulerOutput) -> None:
         """refill_scope="any": free slots go to the best-ranked bucket head, from any bucket,
         whose length keeps the decode batch at or above refill_padding_target."""
-        target = self.refill_padding_target
+        target = self.refill.refill_padding_target
         shape = self.running_shape()
         lens_sum = sum(r.seq_len for r in self.running)
         lens_max = max(r.seq_len for r in self.running)
@@ -278,17 +249,15 @@ class BucketScheduler(SchedulerBase):
             if not req.is_online and self.buckets.has_online():
                 break  # let the batch drain: an online request that cannot join goes next
             oldest = self.buckets.oldest()
-            if oldest is not None and now - oldest[0] > self.max_wait_s and oldest[1].oldest().req is not req:
+            if oldest is not None and now - oldest[0] > self.refill.max_wait_s and oldest[1].oldest().req is not req:
                 break  # same for a request that has waited too long
-            nxt = shape.plus(self.planner.worst_tokens(req))
-            if not self.planner.fits(nxt, budget):
+            shape = self._take(req, shape, budget, out)
+            if shape is None:
                 break
-            self.buckets.remove(req)
-            self._start(req, out)
-            shape, lens_sum, lens_max = nxt, lens_sum + req.seq_len, max(lens_max, req.seq_len)
+            lens_sum, lens_max = lens_sum + req.seq_len, max(lens_max, req.seq_len)
 
     def _extra_stats(self, st: StepStats) -> None:
         st.buckets = self.buckets.infos(self.n_max)
         b = self.active_bucket()
-        if b is not None and self.running and self.refill_scope != "any":
+        if b is not None and self.running and self.refill.refill_scope != "any":
             st.bucket_low, st.bucket_up = b.low, b.up

@@ -12,28 +12,33 @@ memory budget, so no policy is allowed to run out of memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import SchedulerBase
 from .fifo import FifoQueue, FifoWaiting
 from .interface import SchedulerOutput
 from .memory import BatchShape, MemoryPlanner
 
 
+@dataclass(frozen=True)
+class StaticConfig:
+    max_batch_size: int = 8
+    max_queue_delay_s: float = 0.1
+
+    def __post_init__(self):
+        if self.max_batch_size < 1 or self.max_queue_delay_s < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_s >= 0")
+
+
 class StaticScheduler(FifoWaiting, SchedulerBase):
     policy_name = "static"
+    CONFIGS = {"config": StaticConfig}
 
-    def __init__(
-        self,
-        planner: MemoryPlanner,
-        max_model_len: int,
-        max_num_seqs: int,
-        max_batch_size: int = 8,
-        max_queue_delay_s: float = 0.1,
-    ):
+    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
+                 config: StaticConfig = StaticConfig()):
         super().__init__(planner, max_model_len, max_num_seqs)
-        if max_batch_size < 1 or max_queue_delay_s < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_s >= 0")
-        self.batch_size = min(max_batch_size, max_num_seqs)
-        self.max_queue_delay_s = max_queue_delay_s
+        self.batch_size = min(config.max_batch_size, max_num_seqs)
+        self.max_queue_delay_s = config.max_queue_delay_s
         self.queue = FifoQueue()
 
     def _admit(self, now: float, budget: int, out: SchedulerOutput) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass
 
 from .base import SchedulerBase
 from .interface import SchedulerOutput
@@ -27,24 +28,26 @@ from .predictor import OutputLengthPredictor, make_predictor
 from .request import Request, RequestState
 
 
+@dataclass(frozen=True)
+class UellmConfig:
+    predictor: str | OutputLengthPredictor = "oracle"
+    group_size: int = 10
+    padding_limit: float = 15000.0
+    default_deadline_s: float = 10.0
+
+
 class UellmScheduler(SchedulerBase):
     policy_name = "uellm"
+    CONFIGS = {"config": UellmConfig}
 
-    def __init__(
-        self,
-        planner: MemoryPlanner,
-        max_model_len: int,
-        max_num_seqs: int,
-        predictor: str | OutputLengthPredictor = "oracle",
-        group_size: int = 10,
-        padding_limit: float = 15000.0,
-        default_deadline_s: float = 10.0,
-    ):
+    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
+                 config: UellmConfig = UellmConfig()):
         super().__init__(planner, max_model_len, max_num_seqs)
-        self.predictor = make_predictor(predictor) if isinstance(predictor, str) else predictor
-        self.group_size = min(group_size, max_num_seqs)
-        self.padding_limit = padding_limit
-        self.default_deadline_s = default_deadline_s
+        p = config.predictor
+        self.predictor = make_predictor(p) if isinstance(p, str) else p
+        self.group_size = min(config.group_size, max_num_seqs)
+        self.padding_limit = config.padding_limit
+        self.default_deadline_s = config.default_deadline_s
         self._heap: list = []
         self._count = 0
         self._pred: dict[str, int] = {}

@@ -27,7 +27,7 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 128
+    max_tokens: int | None = None  # None: the engine's default_max_tokens
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
@@ -111,3 +111,17 @@ class EngineConfig:
     # canary step after this many seconds (doubling per failed canary, up to 16x).
     fault_backoff_s: float = 5.0
     scheduler_options: dict = field(default_factory=dict)  # policy knobs passed to the core's factory
+
+    def policy_options(self) -> dict:
+        """The scheduler options the engine runs with: the runtime's own defaults, then the
+        settings' scheduler.<option> values."""
+        return {**RUNTIME_SCHEDULER_DEFAULTS.get(self.policy, {}), **self.scheduler_options}
+
+
+# The one place where the engine's policy defaults differ from the core's. This runner computes
+# decode matmuls on real tokens only (padding costs only masked attention), so full batches
+# matter more than tight ones: unless told otherwise the bucket policy splits at the median of
+# the waiting lengths (a split always makes progress; the paper's rule stays available as
+# bucket_mode=algorithm1) with no refill padding target (measured in docs/benchmarks.md, Engine).
+# The core's own defaults (core/boundaries.py, core/scheduler.py) suit a fully padded runtime.
+RUNTIME_SCHEDULER_DEFAULTS = {"bucket": {"bucket_mode": "median", "refill_padding_target": 0.0}}

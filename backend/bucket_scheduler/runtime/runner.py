@@ -1,6 +1,10 @@
 """Runs the batch the scheduler chose: prefill newcomers into free rows of the running
 batch, decode every row one token per step, sample, and drop rows at once.
 
+The rows follow the scheduler's output: the engine hands prefill its newcomers and `drop` the
+requests the scheduler preempted or ended; a row whose sequence finished (its own state)
+leaves the batch right after the token that finished it.
+
 The model is any transformers causal LM with full attention; it sees our `CacheView`
 (see kv_cache.py) plus a left-padded 2D attention mask and explicit position ids, so a
 row's numbers do not depend on its neighbours or on the padding in front of it.
@@ -63,7 +67,7 @@ class Runner:
         self.on_logits = on_logits  # tests: every row's logits, every step
         self.fault_hook: Callable[[str, list[Sequence]], None] | None = None  # tests: may raise
         self.rows: list[Sequence] = []
-        self.index: dict[str, int] = {}
+        self._index: dict[str, int] = {}  # request id -> row
         self.counters = RunnerCounters()
         # transformers 5.x renamed the forward's cache argument; accept either spelling.
         params = inspect.signature(model.forward).parameters
@@ -80,7 +84,7 @@ class Runner:
         return self.kv.nbytes()
 
     def __contains__(self, request_id: str) -> bool:
-        return request_id in self.index
+        return request_id in self._index
 
     # -- the three operations ------------------------------------------------------------
     @torch.inference_mode()
@@ -108,7 +112,7 @@ class Runner:
         logits = torch.cat(logits_rows)
         self.kv.commit_new_rows([len(x) for x in inputs])
         for s in seqs:
-            self.index[s.request_id] = len(self.rows)
+            self._index[s.request_id] = len(self.rows)
             self.rows.append(s)
         self._sample_and_append(seqs, logits)
 
@@ -159,23 +163,29 @@ class Runner:
         if not bool(torch.isfinite(logits.float()).all()):
             raise RuntimeError("canary forward produced non-finite logits")
 
+    def drop(self, request_ids: list[str]) -> None:
+        """Drop these requests' rows now (preempted, cancelled, failed, finished); ids without a
+        row (dropped already) are skipped."""
+        for rid in request_ids:
+            self.remove(rid)
+
     @torch.inference_mode()
     def remove(self, request_id: str) -> bool:
-        """Drop a row now (finished, cancelled, preempted). False if it had none."""
-        row = self.index.pop(request_id, None)
+        """Drop one row now. False if it had none."""
+        row = self._index.pop(request_id, None)
         if row is None:
             return False
         moved = self.kv.remove_row(row)
         if moved is not None:
             self.rows[row] = self.rows[moved]
-            self.index[self.rows[row].request_id] = row
+            self._index[self.rows[row].request_id] = row
         self.rows.pop()
         return True
 
     def reset(self) -> list[Sequence]:
         """Drop every row (after a fault); returns the sequences that were running."""
         dropped = self.rows
-        self.rows, self.index = [], {}
+        self.rows, self._index = [], {}
         self.kv.n = 0
         self.kv.trim()
         return dropped
@@ -209,3 +219,4 @@ class Runner:
             except Exception as exc:  # noqa: BLE001
                 log.exception("sampling failed for %s", s.request_id)
                 s.fail(f"sampling failed for this request: {type(exc).__name__}: {exc}")
+        self.drop([s.request_id for s in seqs if s.finished])

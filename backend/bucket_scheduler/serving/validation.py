@@ -1,9 +1,10 @@
 """Turn one Triton request's inputs and parameters into a GenerationRequest, or say what to fix.
 
-Triton checks declared dtypes, but not a python model's required inputs, nor values: that
-happens here. Every field may come as an input tensor (Triton LLM names) or as a request
-parameter (the generate endpoint puts JSON keys that are not inputs there; gRPC clients can
-set them too). An input wins over a parameter of the same name.
+Triton checks declared dtypes, but not a python model's required inputs, nor values. Here:
+decoding (tensors and parameters to typed values); the ranges are checked by the one validator
+every entry point shares (runtime/validation.py). Every field may come as an input tensor
+(Triton LLM names) or as a request parameter (the generate endpoint puts JSON keys that are
+not inputs there; gRPC clients can set them too). An input wins over a parameter of the same name.
 
 Pure: numpy in, dataclasses out, no Triton import, so it is unit-tested directly.
 """
@@ -16,15 +17,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from bucket_scheduler.runtime.api import EngineConfig, GenerationRequest, InvalidRequest, SamplingParams
+from bucket_scheduler.runtime.validation import MAX_STOP_STRINGS, validate_request  # noqa: F401 (tests)
 
-MAX_STOP_STRINGS = 16
-MAX_STOP_LEN = 256
-MAX_SEED = 2**63 - 1
-# A prompt longer than max_model_len * this many UTF-8 bytes cannot fit max_model_len tokens (the
-# longest SmolLM2 token is 81 bytes), so it is refused before tokenizing: a multi-megabyte prompt
-# would otherwise hold execute() for seconds (16 MiB: about a minute on 2 CPU cores).
-MAX_PROMPT_BYTES_PER_TOKEN = 128
-REQUEST_CLASSES = ("online", "offline")
+# Our API's field names as this endpoint spells them (for the validator's messages).
+TRITON_NAMES = {"prompt": "text_input", "req_class": "request_class"}
 
 # name -> kind; the order is the order of the docs' table.
 FIELDS = {
@@ -160,78 +156,20 @@ def collect(inputs: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[st
 
 
 def to_generation_request(values: Mapping[str, Any], request_id: str, config: EngineConfig) -> GenerationRequest:
-    """Range checks that need no tokenizer; the engine checks lengths against max_model_len."""
+    """Typed values -> a validated GenerationRequest (the engine checks tokens against max_model_len)."""
     prompt = values.get("text_input")
     if prompt is None:
         raise InvalidRequest("text_input: required (the prompt, a UTF-8 string)")
-    if not prompt.strip():
-        raise InvalidRequest("text_input: must not be empty")
-    if "\x00" in prompt:
-        raise InvalidRequest("text_input: must not contain NUL characters")
-    max_bytes = config.max_model_len * MAX_PROMPT_BYTES_PER_TOKEN
-    size = len(prompt.encode("utf-8"))
-    if size > max_bytes:
-        raise _bad("text_input", f"{size} bytes is too long: at most {max_bytes} bytes (max_model_len "
-                                 f"{config.max_model_len} tokens x {MAX_PROMPT_BYTES_PER_TOKEN}); shorten the prompt")
-
-    max_tokens = values.get("max_tokens", config.default_max_tokens)
-    if not 1 <= max_tokens <= config.max_model_len:
-        raise _bad("max_tokens", f"must be between 1 and max_model_len ({config.max_model_len}), got {max_tokens}")
-    temperature = values.get("temperature", 0.0)
-    if not 0.0 <= temperature <= 100.0:
-        raise _bad("temperature", f"must be between 0 and 100 (0 = greedy), got {temperature}")
-    top_k = values.get("top_k", 0)
-    if top_k < 0:
-        raise _bad("top_k", f"must be >= 0 (0 = off), got {top_k}")
-    top_p = values.get("top_p", 1.0)
-    if not 0.0 < top_p <= 1.0:
-        raise _bad("top_p", f"must be in (0, 1], got {top_p}")
-    seed = values.get("seed")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise _bad("seed", f"must be between 0 and {MAX_SEED}, got {seed}")
-    stop = [s for s in values.get("stop", []) if s != ""]
-    if len(stop) > MAX_STOP_STRINGS:
-        raise _bad("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
-    too_long = [s for s in stop if len(s) > MAX_STOP_LEN]
-    if too_long:
-        raise _bad("stop", f"each stop string must be at most {MAX_STOP_LEN} characters")
-    min_tokens = values.get("min_tokens", 0)
-    if not 0 <= min_tokens <= max_tokens:
-        raise _bad("min_tokens", f"must be between 0 and max_tokens ({max_tokens}), got {min_tokens}")
-    req_class = values.get("request_class", "offline").strip().lower()
-    if req_class not in REQUEST_CLASSES:
-        raise _bad("request_class", f"must be one of {list(REQUEST_CLASSES)}, got {values['request_class']!r}")
-    priority = values.get("priority", 0)
-    if not -(2**31) <= priority < 2**31:
-        raise _bad("priority", f"must fit in a 32-bit integer, got {priority}")
-    slo = {}
-    for name in ("slo_ttft_ms", "slo_tpot_ms"):
-        v = values.get(name)
-        if v is not None and not 0.0 < v <= 3.6e6:
-            raise _bad(name, f"must be a positive number of milliseconds (at most one hour), got {v}")
-        slo[name] = v
-
-    return GenerationRequest(
-        request_id=request_id,
-        prompt=prompt,
-        sampling=SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            ignore_eos=values.get("ignore_eos", False),
-            min_tokens=min_tokens,
-        ),
-        stream=values.get("stream", False),
-        req_class=req_class,
-        priority=priority,
-        slo_ttft_ms=slo["slo_ttft_ms"],
-        slo_tpot_ms=slo["slo_tpot_ms"],
-        exclude_input_in_output=values.get("exclude_input_in_output", True),
-        apply_chat_template=values.get("apply_chat_template", False),
-    )
+    # Only what the request gave: every default lives in the api.py dataclasses (max_tokens:
+    # the engine's default_max_tokens, filled in by the validator).
+    sampling = {k: v for k, v in values.items() if k in SamplingParams.__dataclass_fields__}
+    if "stop" in sampling:  # an empty tensor entry means no stop string
+        sampling["stop"] = [s for s in sampling["stop"] if s != ""]
+    given = {k: v for k, v in values.items() if k in GenerationRequest.__dataclass_fields__}
+    if "request_class" in values:
+        given["req_class"] = values["request_class"].strip().lower()
+    req = GenerationRequest(request_id=request_id, prompt=prompt, sampling=SamplingParams(**sampling), **given)
+    return validate_request(req, config, TRITON_NAMES)
 
 
 def parse_request(inputs: Mapping[str, Any], parameters: Mapping[str, Any], request_id: str, config: EngineConfig) -> GenerationRequest:
