@@ -3,7 +3,6 @@ core's view of it, its Sequence), which also turns its progress into RequestOutp
 runs on the caller's thread with its own tokenizer object: the engine thread detokenizes with
 another, so the two never share a Rust tokenizer."""
 
-from ..chat_template import render_chat
 from __future__ import annotations
 
 import threading
@@ -11,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..chat_template import render_chat
 from ..core.request import Request, RequestClass
 from .api import FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, RequestMetrics, RequestOutput
 from .detokenizer import IncrementalDetokenizer
