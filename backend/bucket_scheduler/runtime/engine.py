@@ -142,7 +142,7 @@ class Engine:
         if max_pos and config.max_model_len > max_pos:
             raise ValueError(f"max_model_len {config.max_model_len} is more than this model's "
                              f"max_position_embeddings {max_pos}; lower max_model_len")
-        self.runner = Runner(model, self._detok_tokenizer)
+        self.runner = Runner(model, self._detok_tokenizer, fast_path=config.fast_path)
         self.eos_ids = _eos_ids(model, self.tokenizer)
         self.kv_spec = plan_spec(kv_spec_from_config(model.config, self.dtype))
         probe = make_probe(config.memory_probe, device=self.device)
