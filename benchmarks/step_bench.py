@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """The model step side by side: transformers' forward ("hf") against the lean step
-("lean", runtime/fast_step.py), and optionally the lean step under torch.compile.
+("lean", runtime/fast_step.py); "lean-mm" is the lean step with runtime/attention.py's
+matmul-softmax-matmul decode attention instead of one SDPA kernel.
 
 Each variant gets its own copy of the model (prepacked bf16 linears, as the engine loads
 it) and its own Runner holding the same prompts. Rounds alternate the variants (A, B, A,
 B, ...) so a busy machine slows them alike; the figures are medians over the rounds.
 
   python benchmarks/step_bench.py                      # SmolLM2, bf16, 2 threads, 1 and 32 rows
-  python benchmarks/step_bench.py --variants hf,lean,compiled --rounds 5
+  python benchmarks/step_bench.py --threads 1 --variants hf,lean,lean-mm --rows 32
 """
 
 from __future__ import annotations
@@ -32,11 +33,8 @@ def build(variant: str, path, dtype, args):
 
     model, tok = load_model(path, dtype, "cpu")
     prepack_linears(model)
-    runner_kw = {"fast_path": variant != "hf", "max_prefill_tokens": args.max_prefill_tokens}
-    if variant == "compiled":
-        runner_kw["compile_step"] = True
     t0 = time.perf_counter()
-    runner = Runner(model, tok, **runner_kw)
+    runner = Runner(model, tok, fast_path=variant != "hf", max_prefill_tokens=args.max_prefill_tokens)
     build_s = time.perf_counter() - t0
     rss = _rss_mb()
     return model, tok, runner, build_s, rss
@@ -94,10 +92,10 @@ def main(argv=None):
 
     def runner_for(v):
         model, tok = setups[v]
-        kw = {"fast_path": v != "hf", "max_prefill_tokens": args.max_prefill_tokens}
-        if v == "compiled":
-            kw["compile_step"] = True
-        return Runner(model, tok, **kw)
+        runner = Runner(model, tok, fast_path=v != "hf", max_prefill_tokens=args.max_prefill_tokens)
+        if v == "lean-mm":  # the lean step with attention.py's matmul decode attention
+            runner.lean.sdpa_decode = False
+        return runner
 
     decode_ms = {(v, n): [] for v in variants for n in rows}
     decode_cpu = {(v, n): [] for v in variants for n in rows}
@@ -110,7 +108,7 @@ def main(argv=None):
                 r = runner_for(v)
                 r.prefill(make_seqs(setups[v][1], vocab, n, P, f"{v}{n}-"))
                 t0 = time.perf_counter()
-                r.decode()  # warm-up (compiles, for the compiled variant)
+                r.decode()  # warm-up
                 r.decode()
                 warm_s[(v, n)] = time.perf_counter() - t0
                 runners[(v, n)] = r

@@ -55,10 +55,16 @@ def compare(model, tok, prompts, max_tokens):
     return worst
 
 
-def test_lean_step_equals_transformers_tiny(tiny):
+@pytest.mark.parametrize("sdpa_decode", [True, False])
+def test_lean_step_equals_transformers_tiny(tiny, sdpa_decode):
     model, tok = tiny
+    lean = lean_step_for(model)
     prompts = random_prompts(model.config.vocab_size, 9, seed=4, lo=1, hi=40)
-    worst = compare(model, tok, prompts, [random.Random(i).randint(1, 30) for i in range(len(prompts))])
+    lean.sdpa_decode = sdpa_decode
+    try:
+        worst = compare(model, tok, prompts, [random.Random(i).randint(1, 30) for i in range(len(prompts))])
+    finally:
+        lean.sdpa_decode = True
     assert worst <= TOL, worst
 
 

@@ -11,8 +11,11 @@ with fewer, larger calls:
 - rotary cos/sin taken from a table built once with the model's own rotary module
   (so every rope type that does not depend on the sequence length gives the same numbers);
 - rotate-half as a roll times a sign-folded sine (same values, fewer kernels);
-- decode attention over BatchKV's rows, K/V grouped by KV head (no repeat), softmax in
-  float32 (attention.py's math), the padding mask added as one bias per step;
+- RMSNorm through torch's fused kernel (bit-identical to LlamaRMSNorm);
+- decode attention as one SDPA kernel (grouped-query, no repeat of K/V) over the live
+  column window [start, end] of BatchKV's buffers, strided, no copy; the padding mask is
+  one additive bias built per step (docs/benchmarks.md: faster than attention.py's
+  matmul-softmax-matmul, which `sdpa_decode = False` selects for comparison);
 - prefill attention: torch SDPA with the causal + left-padding mask built once per call.
 
 Memory: with plain weights (float32, or no oneDNN) the fused tensors take the place of the
@@ -105,6 +108,7 @@ class LeanLlama:
         self.norm, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
         self.lm_head = self._single(model.lm_head, pack)
         self._rotary = inner.rotary_emb
+        self.sdpa_decode = True  # False: attention.py's matmul-softmax-matmul (benchmarks compare them)
         self._cos = self._sin = None
         self._table_len = 0
 
@@ -183,6 +187,9 @@ class LeanLlama:
             bias = torch.zeros((B, c1 - c0), dtype=self.dtype, device=h.device)
             bias.masked_fill_(~mask[:, c0:c1], float("-inf"))
             bias = bias.view(B, 1, 1, -1)
+            if not self.sdpa_decode:
+                full_bias = torch.zeros(mask.shape, dtype=torch.float32, device=h.device)
+                full_bias = full_bias.masked_fill_(~mask, float("-inf")).view(B, 1, 1, -1)
         else:
             # Causal over the T new tokens, minus left padding; a padding query sees itself
             # (never a fully masked row: SDPA would give NaN there, and its key is masked for
@@ -197,7 +204,13 @@ class LeanLlama:
             kb, vb = kv.keys[li], kv.values[li]
             kb[r0:r1, :, write_at:end].copy_(qk[:, :, nh:].transpose(1, 2))
             vb[r0:r1, :, write_at:end].copy_(qkv[:, :, nh + nkv :].transpose(1, 2))
-            if decode:
+            if decode and not self.sdpa_decode:
+                q = qk[:, 0, :nh].reshape(B, nkv, g, d)
+                s = torch.matmul(q, kb[r0:r1].transpose(-1, -2)).float()  # [B, nkv, g, C]
+                s.mul_(self.scaling).add_(full_bias)
+                p = torch.softmax(s, dim=-1).to(self.dtype)
+                att = torch.matmul(p, vb[r0:r1]).view(B, 1, nh * d)
+            elif decode:
                 # One fused SDPA kernel over the strided window (no copy of K/V): on 2 cores
                 # it beat matmul-softmax-matmul (attention.py) by 1.3-3x, most on a busy machine.
                 q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, 1, d]
