@@ -107,6 +107,8 @@ class EngineConfig:
     trust_remote_code: bool = False
     # Greedy answers independent of batching (float32 compute; README, "Settings").
     batch_invariant: bool = False
+    # Llama-family models run our own lean forward (runtime/fast_step.py); false: transformers' forward.
+    fast_path: bool = True
     # After MAX_CONSECUTIVE_FAULTS failed model steps the engine refuses requests and tries a
     # canary step after this many seconds (doubling per failed canary, up to 16x).
     fault_backoff_s: float = 5.0

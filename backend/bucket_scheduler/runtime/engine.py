@@ -89,7 +89,7 @@ class Engine:
         detok_tokenizer = load_tokenizer(self.model_path, config.trust_remote_code)
         self.builder = RequestBuilder(config, self.tokenizer, detok_tokenizer, eos_ids_of(model, self.tokenizer),
                                       self.device)
-        self.runner = Runner(model, detok_tokenizer)
+        self.runner = Runner(model, detok_tokenizer, fast_path=config.fast_path)
         self.kv_spec = plan_spec(kv_spec_from_config(model.config, self.dtype))
         probe = make_probe(config.memory_probe, device=self.device)
         self.planner = MemoryPlanner(self.kv_spec, probe, memory_fraction=config.memory_fraction)

@@ -91,6 +91,10 @@ class CacheView(Cache):
         self._decode = decode
         super().__init__(layers=[_ViewLayer(self, i) for i in range(kv.num_layers)])
 
+    def target(self) -> tuple[int, int, int, bool]:
+        """(first row, end row, first column written, decode?) for a forward of our own."""
+        return self._r0, self._r1, self._write_at, self._decode
+
     @property
     def past(self) -> int:
         return self._write_at if self._decode else 0

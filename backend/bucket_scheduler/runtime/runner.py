@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from .fast_step import lean_step_for
 from .kv_cache import BatchKV
 from .sampling import is_greedy, prepare_logits, sample_row
 from .sequence import Sequence
@@ -44,6 +45,7 @@ class Runner:
         tokenizer,
         max_prefill_tokens: int = 8192,
         on_logits: Callable[[Sequence, torch.Tensor], None] | None = None,
+        fast_path: bool = True,
     ):
         self.model = model
         self.device = next(model.parameters()).device
@@ -73,6 +75,9 @@ class Runner:
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
+        # Our own forward for Llama-family models (fast_step.py); transformers' for the rest.
+        self.lean = lean_step_for(model) if fast_path else None
+        self.lean_calls = 0  # forwards the lean step computed (tests: it really ran)
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -193,6 +198,9 @@ class Runner:
     # -- internals -------------------------------------------------------------------------
     def _forward(self, ids, mask, pos, view) -> torch.Tensor:
         dev = self.device
+        if self.lean is not None:
+            self.lean_calls += 1
+            return self.lean(ids.to(dev), mask.to(dev), pos.to(dev), self.kv, *view.target())
         kwargs = {
             "input_ids": ids.to(dev, non_blocking=True),
             "attention_mask": mask.to(dev, non_blocking=True),

@@ -1,0 +1,232 @@
+"""A lean forward pass for Llama-family models, straight over the runner's KV buffers.
+
+transformers' generic forward costs a decode step far more than its math on a CPU: per
+layer it goes through nested modules, kwargs plumbing, a Cache object, separate q/k/v and
+gate/up matmuls and many small norm / rotary / activation kernels, and it builds the
+attention mask and the rotary table every step. At small batch a decode step is bound by
+reading the weights once; everything else is overhead. This module computes the same math
+with fewer, larger calls:
+
+- q/k/v and gate/up fused into one matmul each (weights concatenated once at load);
+- rotary cos/sin taken from a table built once with the model's own rotary module
+  (so every rope type that does not depend on the sequence length gives the same numbers);
+- rotate-half as a roll times a sign-folded sine (same values, fewer kernels);
+- RMSNorm through torch's fused kernel (bit-identical to LlamaRMSNorm);
+- decode attention as one SDPA kernel (grouped-query, no repeat of K/V) over the live
+  column window [start, end] of BatchKV's buffers, strided, no copy; the padding mask is
+  one additive bias built per step (docs/benchmarks.md: faster than attention.py's
+  matmul-softmax-matmul, which `sdpa_decode = False` selects for comparison);
+- prefill attention: torch SDPA with the causal + left-padding mask built once per call.
+
+Memory: with plain weights (float32, or no oneDNN) the fused tensors take the place of the
+module's q/k/v and gate/up weights (those become views into them): no copy. With prepacked
+bf16 linears (cpu_linear.py) the fused weights are packed once and the modules' own packed
+copies of q/k/v/gate/up are dropped, so the model holds what prepacking held before.
+
+Only models `unsupported_reason` accepts take this path; the runner keeps transformers'
+forward for the rest (and as the `fast_path=False` setting).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cpu_linear import can_prepack, packed_linear
+
+# Rope types whose cos/sin depend only on the position (a table can be built once).
+_TABLE_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}
+
+
+def _text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def unsupported_reason(model) -> str | None:
+    """None when the lean step computes this model exactly; else why not (logged)."""
+    if type(model).__name__ != "LlamaForCausalLM":
+        return f"{type(model).__name__} is not LlamaForCausalLM"
+    cfg = _text_config(model)
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act}"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in _TABLE_ROPE_TYPES:
+        return f"rope type {rope_type}"
+    return None
+
+
+def _plain_linear(weight: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    return forward
+
+
+class _Layer:
+    __slots__ = ("ln1", "ln2", "eps1", "eps2", "qkv", "o", "gate_up", "down")
+
+
+def lean_step_for(model) -> "LeanLlama | None":
+    """The model's lean step (built once per model object and kept on it: building it
+    re-lays the weights), or None when the model is not one it computes exactly."""
+    lean = getattr(model, "_bucketserve_lean", None)
+    if lean is None and unsupported_reason(model) is None:
+        lean = LeanLlama(model, pack=can_prepack(model))
+        model._bucketserve_lean = lean
+    return lean
+
+
+class LeanLlama:
+    """Callable as `lean(ids, mask, pos, kv, r0, r1, write_at, decode)` -> last-position logits."""
+
+    def __init__(self, model, pack: bool):
+        cfg = _text_config(model)
+        inner = model.model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.inter = cfg.intermediate_size
+        self.scaling = self.head_dim**-0.5
+        self.embed = inner.embed_tokens.weight
+        self.dtype = self.embed.dtype
+        self.packed_bytes = 0  # bytes of packed weight copies this object holds
+        self.layers: list[_Layer] = []
+        for layer in inner.layers:
+            a, m = layer.self_attn, layer.mlp
+            L = _Layer()
+            L.ln1, L.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+            L.ln2, L.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+            L.qkv = self._fuse([a.q_proj, a.k_proj, a.v_proj], pack)
+            L.o = self._single(a.o_proj, pack)
+            L.gate_up = self._fuse([m.gate_proj, m.up_proj], pack)
+            L.down = self._single(m.down_proj, pack)
+            self.layers.append(L)
+        self.norm, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
+        self.lm_head = self._single(model.lm_head, pack)
+        self._rotary = inner.rotary_emb
+        self.sdpa_decode = True  # False: attention.py's matmul-softmax-matmul (benchmarks compare them)
+        self._cos = self._sin = None
+        self._table_len = 0
+
+    # -- weights -----------------------------------------------------------------------------
+    def _fuse(self, linears, pack: bool):
+        """One matmul for several linears that read the same input. Unpacked: the modules'
+        weights become views of the fused tensor (no extra memory). Packed: the fused weight
+        is packed and the modules' own packed copies are dropped (they fall back to F.linear
+        on their plain weights, which only transformers' forward still uses)."""
+        weight = torch.cat([m.weight.detach() for m in linears])
+        biases = [m.bias for m in linears]
+        bias = torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
+        if any(b is not None for b in biases) and bias is None:
+            bias = torch.cat([b.detach() if b is not None else torch.zeros(m.out_features, dtype=weight.dtype,
+                              device=weight.device) for m, b in zip(linears, biases)])
+        if pack:
+            for m in linears:
+                m.__dict__.pop("forward", None)  # drop cpu_linear's packed copy
+            fn, nbytes = packed_linear(weight, bias)
+            self.packed_bytes += nbytes
+            return fn
+        at = 0
+        for m in linears:
+            n = m.out_features
+            m.weight.data = weight[at : at + n]
+            at += n
+        return _plain_linear(weight, bias)
+
+    def _single(self, linear, pack: bool):
+        own = linear.__dict__.get("forward")
+        if own is not None:  # already packed by cpu_linear.prepack_linears: reuse that copy
+            return own
+        if pack:
+            fn, nbytes = packed_linear(linear.weight, linear.bias)
+            self.packed_bytes += nbytes
+            return fn
+        return _plain_linear(linear.weight, linear.bias)
+
+    # -- rotary ------------------------------------------------------------------------------
+    def _rope(self, pos: torch.Tensor):
+        """cos and sign-folded sin for these positions, [B, T, 1, head_dim]."""
+        need = int(pos.max()) + 1
+        if need > self._table_len:
+            n = max(need, 2 * self._table_len, 256)
+            ids = torch.arange(n, device=self.embed.device).unsqueeze(0)
+            cos, sin = self._rotary(self.embed[:1].unsqueeze(0), ids)
+            half = self.head_dim // 2
+            sign = torch.ones(self.head_dim, dtype=sin.dtype, device=sin.device)
+            sign[:half] = -1
+            self._cos, self._sin = cos[0].contiguous(), (sin[0] * sign).contiguous()
+            self._table_len = n
+        return self._cos[pos].unsqueeze(2), self._sin[pos].unsqueeze(2)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    @staticmethod
+    def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        # LlamaRMSNorm (float32 statistics, rounded back to the input dtype, then the weight)
+        # with torch's fused kernel for the middle part: bit-identical, half the kernels.
+        return weight * F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x*cos + rotate_half(x)*sin, with rotate_half(x)*sin == roll(x, half)*sign_folded_sin.
+        return x * cos + torch.roll(x, self.head_dim // 2, dims=-1) * sin
+
+    # -- the step --------------------------------------------------------------------------------
+    def __call__(self, ids, mask, pos, kv, r0: int, r1: int, write_at: int, decode: bool) -> torch.Tensor:
+        B, T = ids.shape
+        nh, nkv, d = self.heads, self.kv_heads, self.head_dim
+        g = nh // nkv
+        h = F.embedding(ids, self.embed)  # [B, T, H]
+        cos, sin = self._rope(pos)
+        if decode:
+            # mask: [B, C] bool over the rows' whole buffer. Attention reads only the columns
+            # some row uses, [start, end], and takes the padding mask as an additive bias.
+            c0, c1 = kv.start, write_at + 1
+            bias = torch.zeros((B, c1 - c0), dtype=self.dtype, device=h.device)
+            bias.masked_fill_(~mask[:, c0:c1], float("-inf"))
+            bias = bias.view(B, 1, 1, -1)
+            if not self.sdpa_decode:
+                full_bias = torch.zeros(mask.shape, dtype=torch.float32, device=h.device)
+                full_bias = full_bias.masked_fill_(~mask, float("-inf")).view(B, 1, 1, -1)
+        else:
+            # Causal over the T new tokens, minus left padding; a padding query sees itself
+            # (never a fully masked row: SDPA would give NaN there, and its key is masked for
+            # every real token anyway).
+            causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril_()
+            attn_mask = (causal & mask.view(B, 1, 1, T)) | torch.eye(T, dtype=torch.bool, device=h.device)
+        end = write_at + T
+        for li, L in enumerate(self.layers):
+            x = self._rms(h, L.ln1, L.eps1)
+            qkv = L.qkv(x).view(B, T, nh + 2 * nkv, d)
+            qk = self._rotate(qkv[:, :, : nh + nkv], cos, sin)  # [B, T, nh+nkv, d]
+            kb, vb = kv.keys[li], kv.values[li]
+            kb[r0:r1, :, write_at:end].copy_(qk[:, :, nh:].transpose(1, 2))
+            vb[r0:r1, :, write_at:end].copy_(qkv[:, :, nh + nkv :].transpose(1, 2))
+            if decode and not self.sdpa_decode:
+                q = qk[:, 0, :nh].reshape(B, nkv, g, d)
+                s = torch.matmul(q, kb[r0:r1].transpose(-1, -2)).float()  # [B, nkv, g, C]
+                s.mul_(self.scaling).add_(full_bias)
+                p = torch.softmax(s, dim=-1).to(self.dtype)
+                att = torch.matmul(p, vb[r0:r1]).view(B, 1, nh * d)
+            elif decode:
+                # One fused SDPA kernel over the strided window (no copy of K/V): on 2 cores
+                # it beat matmul-softmax-matmul (attention.py) by 1.3-3x, most on a busy machine.
+                q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, 1, d]
+                att = F.scaled_dot_product_attention(q, kb[r0:r1, :, c0:c1], vb[r0:r1, :, c0:c1], attn_mask=bias,
+                                                     scale=self.scaling, enable_gqa=g > 1)
+                att = att.reshape(B, 1, nh * d)
+            else:
+                q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d]
+                k = qk[:, :, nh:].transpose(1, 2)
+                v = qkv[:, :, nh + nkv :].transpose(1, 2)
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
+                                                     enable_gqa=g > 1)
+                att = att.transpose(1, 2).reshape(B, T, nh * d)
+            h = h + L.o(att)
+            x = self._rms(h, L.ln2, L.eps2)
+            gu = L.gate_up(x)
+            h = h + L.down(F.silu(gu[..., : self.inter]) * gu[..., self.inter :])
+        last = self._rms(h[:, -1], self.norm, self.norm_eps)
+        return self.lm_head(last)
