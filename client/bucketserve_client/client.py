@@ -118,10 +118,7 @@ class GrpcGeneration:
         self._result = GenerationResult()
         self._cancelled = False
         self._client = grpcclient.InferenceServerClient(url)
-        inputs = [_grpc_input(grpcclient, "text_input", [prompt.encode("utf-8")], "BYTES")]
-        for name, value in fields.items():
-            values = [s.encode("utf-8") for s in value] if name == "stop" else [value.encode("utf-8") if isinstance(value, str) else value]
-            inputs.append(_grpc_input(grpcclient, name, values, FIELD_DTYPES[name]))
+        inputs = grpc_inputs(grpcclient, prompt, fields)
         self._timer = _Timer()
         self._client.start_stream(callback=self._callback)
         try:
@@ -186,6 +183,15 @@ class GrpcGeneration:
             self._client.stop_stream()
         finally:
             self._client.close()
+
+
+def grpc_inputs(grpcclient, prompt: str, fields: dict[str, Any]) -> list:
+    """The prompt and each field as the model's input tensors (tritonclient.grpc or .grpc.aio)."""
+    inputs = [_grpc_input(grpcclient, "text_input", [prompt.encode("utf-8")], "BYTES")]
+    for name, value in fields.items():
+        values = [s.encode("utf-8") for s in value] if name == "stop" else [value.encode("utf-8") if isinstance(value, str) else value]
+        inputs.append(_grpc_input(grpcclient, name, values, FIELD_DTYPES[name]))
+    return inputs
 
 
 def _grpc_input(grpcclient, name: str, values: list, dtype: str):

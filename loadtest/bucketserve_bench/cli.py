@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--model-dir", default=None, help="Hugging Face model directory (or 'smollm2' / 'tiny'); default: the model's default (SmolLM2-135M)")
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE", help="extra config.pbtxt parameter for our server (repeatable)")
+    g.add_argument("--api", choices=("grpc", "openai", "both"), default="grpc",
+                   help="how the bench talks to our server: Triton gRPC streaming, the OpenAI-compatible API (the "
+                        "client vLLM gets), or both (each policy twice; the OpenAI runs are named POLICY-openai)")
     g.add_argument("--vllm", action="store_true", help="also run vLLM on CPU (skipped with a message if its venv is absent)")
     g.add_argument("--vllm-python", default=".venv-vllm/bin/python")
     g.add_argument("--vllm-kv-gib", type=float, default=2.0, help="VLLM_CPU_KVCACHE_SPACE (GiB)")
@@ -113,7 +116,10 @@ def main(argv=None) -> int:
     overrides = dict(kv.split("=", 1) for kv in args.server_param)
     overrides.setdefault("max_model_len", str(args.max_model_len))
 
-    systems = [(OurServer(p, model=args.model, model_dir=str(model_dir), overrides=overrides, log_dir=out / "logs"), "bucketserve") for p in policies]
+    apis = ["grpc", "openai"] if args.api == "both" else [args.api]
+    systems = [(OurServer(p, model=args.model, model_dir=str(model_dir), overrides=overrides, log_dir=out / "logs", api=api,
+                          name=p if api == "grpc" else f"{p}-openai"), "bucketserve")
+               for p in policies for api in apis]
     skipped = []
     if args.vllm:
         vllm = VllmServer(str(model_dir), python=Path(args.vllm_python), max_model_len=args.max_model_len, kv_cache_gib=args.vllm_kv_gib, log_dir=out / "logs")

@@ -126,22 +126,24 @@ class TritonGrpcClient:
 
 
 class OpenAICompletionsClient:
-    """OpenAI /v1/completions streaming (vLLM's API server), via aiohttp."""
+    """OpenAI /v1/completions streaming, via aiohttp: vLLM's API server, or BucketServe's
+    (bucketserve_fields: also the request class and SLO targets, as extra body fields)."""
 
     protocol = "openai"
 
-    def __init__(self, base_url: str, model: str):
+    def __init__(self, base_url: str, model: str, bucketserve_fields: bool = False):
         import aiohttp
 
         self._aiohttp = aiohttp
         self.url = base_url.rstrip("/") + "/v1/completions"
         self.model = model
+        self.bucketserve_fields = bucketserve_fields
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
         )
 
     def body(self, req: BenchRequest) -> dict:
-        return {
+        body = {
             "model": self.model,
             "prompt": req.prompt,
             "max_tokens": req.output_tokens,
@@ -151,6 +153,13 @@ class OpenAICompletionsClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self.bucketserve_fields:  # what TritonGrpcClient sends, so both paths ask for the same
+            body["request_class"] = "online" if req.online else "offline"
+            if req.slo_ttft_ms is not None:
+                body["slo_ttft_ms"] = req.slo_ttft_ms
+            if req.slo_tpot_ms is not None:
+                body["slo_tpot_ms"] = req.slo_tpot_ms
+        return body
 
     async def send(self, req: BenchRequest, res: RequestResult, timeout_s: float) -> None:
         t0 = time.perf_counter()

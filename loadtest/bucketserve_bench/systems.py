@@ -1,7 +1,9 @@
 """The systems under test: start one, hand out a client for it, stop it.
 
 - OurServer: tritonserver with the BucketServe model under one policy, started through the
-  launcher with per-run overrides (a fresh server per policy, so no state carries over).
+  launcher with per-run overrides (a fresh server per policy, so no state carries over),
+  driven over gRPC streaming (api="grpc") or its OpenAI-compatible API (api="openai", the
+  same client the bench uses for vLLM).
 - VllmServer: vLLM's OpenAI API server on CPU, from its own virtual environment
   (see loadtest/vllm-requirements.txt), serving the same model directory.
 """
@@ -32,6 +34,7 @@ class OurServer:
     model_dir: str | None = None  # override; None keeps the config's
     overrides: dict = field(default_factory=dict)  # further config.pbtxt parameters
     log_dir: Path | None = None
+    api: str = "grpc"  # grpc | openai
 
     name: str = ""
     handle: object = None
@@ -61,9 +64,12 @@ class OurServer:
             metrics_port=0,
             log_file=log_file,
             log=log,
+            openai_port=0 if self.api == "openai" else None,
         )
 
-    def client(self) -> TritonGrpcClient:
+    def client(self) -> TritonGrpcClient | OpenAICompletionsClient:
+        if self.api == "openai":
+            return OpenAICompletionsClient(self.handle.openai_url, self.model, bucketserve_fields=True)
         return TritonGrpcClient(self.handle.grpc_url, self.model)
 
     def stop(self) -> None:

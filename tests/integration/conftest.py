@@ -1,5 +1,6 @@
 """One real tritonserver for the whole integration session, started through the launcher's
-Python API on ports the OS picks, hosting both models; always stopped (process group and all)."""
+Python API on ports the OS picks, hosting both models, with the OpenAI-compatible API beside it;
+always stopped (process group and all)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def server(tmp_path_factory):
     for attempt in range(2):  # a free port can be taken by another process before the server binds it
         try:
             handle = start_server(models=MODELS, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
-                                  run_dir=tmp_path_factory.mktemp("triton-run"), exit_timeout_s=10, ready_timeout_s=600)
+                                  run_dir=tmp_path_factory.mktemp("triton-run"), exit_timeout_s=10, ready_timeout_s=600,
+                                  openai_port=0)  # the OpenAI-compatible API too, on a free port
             break
         except ServerError as exc:
             if attempt or "in use" not in str(exc).lower():

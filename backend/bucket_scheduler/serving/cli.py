@@ -1,6 +1,6 @@
 """`bucketserve` command line.
 
-    bucketserve serve                                  # SmolLM2 on 127.0.0.1:8000/8001/8002
+    bucketserve serve                                  # SmolLM2 on 127.0.0.1:8000/8001/8002, OpenAI API on :9000
     bucketserve serve --policy continuous              # same model, another policy, this run only
     bucketserve serve --models bucketserve,bucketserve_tiny
     bucketserve serve --param bucketserve_tiny:policy=static --param memory_fraction=0.5
@@ -79,6 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_file=args.log_file,
             inherit_output=args.log_file is None,
             instance_kind=args.instance_kind,
+            openai_port=args.openai_port or None,  # 0 turns the OpenAI-compatible API off
+            expose_http=args.expose_http,
+            max_body_bytes=args.max_body_bytes,
             log=_log,
         )
     except (ServerError, ValueError, RuntimeError) as exc:
@@ -105,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--openai-port", type=int, default=9000, help="OpenAI-compatible API (/v1/chat/completions, ...); 0 turns it off")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="OpenAI API: larger request bodies get 413 (default 1 MiB)")
+    s.add_argument("--expose-http", action="store_true",
+                   help="bind Triton's HTTP port to --host too (default: 127.0.0.1 only; its front end crashes on bodies of 4 MiB or more)")
     s.add_argument("--exit-timeout-secs", type=int, default=30, help="how long in-flight requests may finish on shutdown")
     s.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the models to load")
     s.add_argument("--run-dir", help="where the run's model repository copy is written (default: a temp dir)")

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .frontend import Frontend, FrontendError, frontend_command, start_frontend, tokenizer_dirs
 from .repository import default_repository, prepare_repository, read_parameters
 from .tritonserver import TritonInstall, default_cache_dir, find_tritonserver
 
@@ -126,10 +127,17 @@ class ServerHandle:
     models: list[str]
     exit_timeout_s: int
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    http_host: str | None = None  # where Triton's HTTP port binds (loopback unless exposed on purpose)
+    frontend: Frontend | None = None  # the OpenAI-compatible API, when on
 
     @property
     def http_url(self) -> str:
-        return f"http://{self._client_host}:{self.http_port}"
+        host = self.http_host if self.http_host not in (None, "0.0.0.0", "") else self._client_host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def openai_url(self) -> str | None:
+        return self.frontend.url if self.frontend else None
 
     @property
     def grpc_url(self) -> str:
@@ -198,10 +206,16 @@ class ServerHandle:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        self.stop_frontend()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
         return code
+
+    def stop_frontend(self) -> None:
+        """After Triton: streams in flight during its drain still reach their clients."""
+        if self.frontend is not None:
+            self.frontend.stop()
 
 
 # Health checks go straight to the local server, never through an http_proxy from the environment.
@@ -227,11 +241,12 @@ def build_command(
     gpu_metrics: bool,
     log_verbose: int = 0,
     extra_args: list[str] | None = None,
+    http_host: str | None = None,
 ) -> list[str]:
     cmd = [
         str(install.binary),
         f"--model-repository={repo}",
-        f"--http-address={host}",
+        f"--http-address={http_host or host}",
         f"--grpc-address={host}",
         f"--metrics-address={host}",
         f"--http-port={http_port}",
@@ -267,10 +282,16 @@ def start_server(
     extra_args: list[str] | None = None,
     stop_event: threading.Event | None = None,
     log=print,
+    openai_port: int | None = None,
+    expose_http: bool = False,
+    max_body_bytes: int | None = None,
 ) -> ServerHandle:
-    """Start tritonserver with the chosen models and wait until it is ready.
+    """Start tritonserver with the chosen models and wait until it is ready; then, unless
+    openai_port is None, the OpenAI-compatible front end on that port (0: a free one).
 
-    Ports given as 0 are picked free by the OS. Output goes to `log_file` (default: run_dir/
+    Triton's HTTP port binds 127.0.0.1 whatever `host` is, unless expose_http: Triton 2.51's HTTP
+    front end crashes on request bodies of 4 MiB or more, so an exposed server offers the OpenAI
+    port (bodies capped at max_body_bytes) and gRPC instead. Ports given as 0 are picked free by the OS. Output goes to `log_file` (default: run_dir/
     tritonserver.log) unless inherit_output, in which case it shares this process's terminal.
     Raises ServerError (with the log's tail) if the server exits or is not ready in time."""
     models = list(models)
@@ -302,7 +323,9 @@ def start_server(
     removed = clean_stale_shm()
     if removed:
         log(f"[bucketserve] removed {len(removed)} stale shared-memory region(s) of crashed servers")
-    cmd = build_command(install, repo, host, http_port, grpc_port, metrics_port, exit_timeout_s, _has_gpu(), extra_args=extra_args)
+    http_host = host if expose_http else "127.0.0.1"
+    cmd = build_command(install, repo, host, http_port, grpc_port, metrics_port, exit_timeout_s, _has_gpu(), extra_args=extra_args,
+                        http_host=http_host)
     env = dict(os.environ)
     env.update(install.env)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -318,11 +341,20 @@ def start_server(
     finally:
         if stdout is not None:
             stdout.close()
-    handle = ServerHandle(proc, host, http_port, grpc_port, metrics_port, run_dir, log_path, models, exit_timeout_s, tmp)
+    handle = ServerHandle(proc, host, http_port, grpc_port, metrics_port, run_dir, log_path, models, exit_timeout_s, tmp,
+                          http_host=http_host)
     log(f"[bucketserve] tritonserver ({install.source}) pid {proc.pid}: models {', '.join(models)}; "
         f"http {handle.http_url}, grpc {handle.grpc_url}, metrics {handle.metrics_url}")
     try:
         wait_ready(handle, ready_timeout_s, stop_event, log=log)
+        if openai_port is not None:
+            port = openai_port or free_port(host)
+            cmd = frontend_command(handle.grpc_url, host, port, models, tokenizer_dirs(source, models, overrides), max_body_bytes)
+            handle.frontend = start_frontend(cmd, host, port, log_path)
+            log(f"[bucketserve] OpenAI-compatible API on {handle.openai_url}/v1 (models: {', '.join(models)})")
+    except FrontendError as exc:
+        handle.stop(timeout_s=10)
+        raise ServerError(f"{exc}\n{handle.log_tail()}") from None
     except BaseException:
         handle.stop(timeout_s=10)
         raise
@@ -372,6 +404,7 @@ def serve_forever(handle: ServerHandle, stop_event: threading.Event, log=print) 
             os.killpg(handle.pid, signal.SIGKILL)  # stubs left behind by a crashed server
         except (ProcessLookupError, PermissionError):
             pass
+        handle.stop_frontend()
         if handle._tmp is not None:
             handle._tmp.cleanup()
     log(f"[bucketserve] server exited with code {code}")
@@ -397,6 +430,9 @@ def serve(log=print, **start_kwargs) -> int:
             return 0
         log(f"[bucketserve] serving {', '.join(handle.models)}; try: bucketserve-client generate \"Hello\" --stream "
             f"--url {handle.grpc_url}  (Ctrl-C stops)")
+        if handle.openai_url:
+            log(f"[bucketserve] or: curl {handle.openai_url}/v1/chat/completions -d '{{\"model\": \"{handle.models[0]}\", "
+                f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
         return serve_forever(handle, stop_event, log=log)
     finally:
         for s, h in old.items():
