@@ -10,7 +10,8 @@ once more, to another replica; a second failure is one 503. A stream that breaks
 first bytes ends with one error event and [DONE]. Every request gets exactly one answer.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the `Request` annotations of the
+# methods Serve wraps as real types.
 
 import asyncio
 import time
