@@ -35,6 +35,7 @@ class ClusterSettings:
     ingress_cpus: float = 0.1
     max_num_seqs: int = 32  # the engine's; a replica accepts twice as many requests at once
     max_len: int = 2048  # prompt lengths the ranges span (estimated tokens)
+    min_observations: int = 16  # lengths seen before the ranges follow them (even ranges until then)
     imbalance: int = 8  # in-flight lead past which a range's replica hands over to the least loaded
     exit_timeout_s: int = 10
     health_check_period_s: float = 2.0
@@ -66,7 +67,8 @@ def build_app(args: dict | None = None):
     s = ClusterSettings(**(args or {}))
     router = RequestRouterConfig(
         request_router_class=BUCKET_ROUTER if s.router == "bucket" else POW2_ROUTER,
-        request_router_kwargs={"state_key": APP_NAME, "replicas": s.replicas, "router": s.router, "imbalance": s.imbalance},
+        request_router_kwargs={"state_key": APP_NAME, "replicas": s.replicas, "router": s.router, "imbalance": s.imbalance,
+                               "max_len": s.max_len, "min_observations": s.min_observations},
         request_routing_stats_period_s=1.0,
     )
     replica_config = ReplicaConfig(models=list(s.models), overrides=s.overrides(), model_repository=s.model_repository,
@@ -82,7 +84,7 @@ def build_app(args: dict | None = None):
         ClusterIngress, name="ClusterIngress", num_replicas=1, ray_actor_options={"num_cpus": s.ingress_cpus},
         max_ongoing_requests=4096,
     ).bind(replicas, {"replicas": s.replicas, "router": s.router, "models": list(s.models), "max_len": s.max_len,
-                      "state_key": APP_NAME})
+                      "min_observations": s.min_observations, "state_key": APP_NAME})
     return ingress
 
 

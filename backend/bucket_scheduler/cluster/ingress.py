@@ -39,6 +39,7 @@ class IngressConfig:
     router: str
     models: list[str] = field(default_factory=list)
     max_len: int = 2048
+    min_observations: int = 16
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     state_key: str = "bucketserve"
 
@@ -54,7 +55,7 @@ class ClusterIngress:
         self.config = IngressConfig(**config)
         self.handle = replicas.options(method_name="generate", stream=True)
         self.state = shared_state(self.config.state_key, self.config.replicas, self.config.router,
-                                  RangeConfig(max_len=self.config.max_len))
+                                  RangeConfig(max_len=self.config.max_len, min_observations=self.config.min_observations))
         self._checked = 0.0
 
     # --- readiness ------------------------------------------------------------
@@ -130,7 +131,8 @@ class ClusterIngress:
         else:
             raise unavailable(f"no replica could take the request: {'; '.join(errors)}")
         rid = first["replica"]
-        headers = {"X-BucketServe-Replica": rid, "X-BucketServe-Prompt-Length": str(length)}
+        headers = {"X-BucketServe-Replica": rid, "X-BucketServe-Prompt-Length": str(length),
+                   "X-BucketServe-Retried": "1" if errors else "0"}
         if first["status"] >= 400 or not body.get("stream"):
             try:
                 data = b"".join([chunk async for chunk in gen])

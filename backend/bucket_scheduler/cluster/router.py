@@ -18,6 +18,7 @@ from typing import List, Optional
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
 
+from .ranges import RangeConfig
 from .state import ClusterState, shared_state
 
 BUCKET_ROUTER = "bucket_scheduler.cluster.router:BucketRouter"
@@ -39,8 +40,8 @@ class _Shared:
     state: ClusterState
 
     def initialize_state(self, state_key: str = "bucketserve", replicas: int = 1, router: str = "bucket",
-                         imbalance: int = 8, **_ignored):
-        self.state = shared_state(state_key, replicas, router)
+                         imbalance: int = 8, max_len: int = 2048, min_observations: int = 16, **_ignored):
+        self.state = shared_state(state_key, replicas, router, RangeConfig(max_len=max_len, min_observations=min_observations))
         self.imbalance = imbalance
 
     def update_replicas(self, replicas: List[RunningReplica]):
