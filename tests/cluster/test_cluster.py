@@ -158,3 +158,16 @@ def test_killed_tritonserver_every_request_one_answer_then_the_replica_is_back(c
     for r in results:
         low, up = ranges[r["replica"]]
         assert low <= r["length"] < up
+
+
+@pytest.mark.slow
+def test_long_form_many_mixed_requests_at_once(cluster):
+    """64 mixed requests, 16 at a time: all answered exactly once, and most by their range's
+    replica (the rest went to the least loaded one when their own was overloaded)."""
+    prompts = [(SHORT if i % 3 else LONG, i % 2 == 0, 16) for i in range(64)]
+    results = asyncio.run(_many(cluster.url, prompts, concurrency=16))
+    assert all(r["status"] == 200 and r["finals"] == 1 and not r["errors"] for r in results), results
+    ranges = _range_of(_get(cluster, "/v1/cluster/status"))
+    own = sum(ranges[r["replica"]][0] <= r["length"] < ranges[r["replica"]][1] for r in results)
+    print(f"\n{own} of {len(results)} answered by their range's replica")
+    assert own >= 0.75 * len(results)

@@ -22,10 +22,10 @@ def test_in_flight_counts_follow_routed_and_finished_requests():
     s.routed("t1", "a")
     s.routed("t2", "a")
     s.routed("t3", "b")
-    assert s.loads() == {"a": 2, "b": 1}
+    assert dict(s.in_flight) == {"a": 2, "b": 1} and s.loads()["a"] == 2 * s.loads()["b"]
     s.finished("t1", "a")
     s.finished("t3", None)  # failed before answering: no longer in flight, not served
-    assert s.loads() == {"a": 1, "b": 0}
+    assert dict(s.in_flight) == {"a": 1} and s.loads()["b"] == 0
     status = {r["id"]: r for r in s.status()["replicas"]}
     assert status["a"]["requests"] == 1 and status["b"]["requests"] == 0
 
@@ -35,3 +35,15 @@ def test_pow2_status_gives_every_replica_the_whole_range():
     s.set_replicas(["x", "y"])
     assert [r["range"] for r in s.status()["replicas"]] == [[0, 512], [0, 512]]
     assert not ClusterState(2, "bucket").ever_all_ready
+
+
+def test_in_flight_work_weighs_long_prompts_more():
+    s = ClusterState(2, "bucket")
+    s.set_replicas(["a", "b"])
+    s.routed("t1", "a", 1000)
+    s.routed("t2", "b", 10)
+    s.routed("t3", "b", 10)
+    loads = s.loads()
+    assert loads["a"] > loads["b"] > 0
+    s.finished("t1", "a")
+    assert s.loads()["a"] == 0

@@ -36,7 +36,7 @@ class ClusterSettings:
     max_num_seqs: int = 32  # the engine's; a replica accepts twice as many requests at once
     max_len: int = 2048  # prompt lengths the ranges span (estimated tokens)
     min_observations: int = 16  # lengths seen before the ranges follow them (even ranges until then)
-    imbalance: int = 8  # in-flight lead past which a range's replica hands over to the least loaded
+    imbalance: float = 4  # in-flight work lead (in typical requests) past which a range's replica hands over
     exit_timeout_s: int = 10
     health_check_period_s: float = 2.0
 

@@ -121,6 +121,10 @@ class ClusterIngress:
             gen = self.handle.remote(path, body, length=length, avoid=avoid, token=token)
             try:
                 first = await gen.__anext__()
+            except asyncio.CancelledError:  # the client went away before anything started
+                gen.cancel()
+                self.state.finished(token, None)
+                raise
             except Exception as exc:  # noqa: BLE001 - the replica actor died or was unreachable
                 first = {"kind": RETRY, "replica": None, "error": f"{type(exc).__name__}: {exc}"}
             if first.get("kind") != RETRY:
@@ -136,6 +140,10 @@ class ClusterIngress:
         if first["status"] >= 400 or not body.get("stream"):
             try:
                 data = b"".join([chunk async for chunk in gen])
+            except asyncio.CancelledError:
+                gen.cancel()
+                self.state.finished(token, None)
+                raise
             except Exception as exc:  # noqa: BLE001
                 self.state.finished(token, None)
                 raise unavailable(f"replica {rid} failed before answering: {type(exc).__name__}") from None

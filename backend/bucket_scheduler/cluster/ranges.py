@@ -118,6 +118,11 @@ class LengthRanges:
         self._learned = True
         self._bounds = list(bounds)
 
+    def mean(self) -> float:
+        """Mean of the remembered lengths (0 before any)."""
+        with self._lock:
+            return sum(self._obs) / len(self._obs) if self._obs else 0.0
+
     def bounds(self) -> list[int]:
         with self._lock:
             return list(self._bounds)

@@ -1,8 +1,9 @@
 """Ray Serve request routers for the Triton replicas.
 
 - BucketRouter: each replica holds a slot, each slot a prompt-length range (ranges.py, the
-  core's boundary logic). A request goes to its range's replica unless that replica holds
-  `imbalance` more requests in flight than the least loaded one; then the least loaded first.
+  core's boundary logic). A request goes to its range's replica unless that replica holds more
+  in-flight work than the least loaded one by `imbalance` typical requests (work: estimated
+  prompt tokens + a fixed decode share, state.py); then the least loaded first.
 - Pow2Router: Ray's own power-of-two-choices router (the baseline), unchanged but for the two
   things both routers do: skip the replica a retried request failed on, and tell the shared
   state (state.py) where each request went.
@@ -40,7 +41,7 @@ class _Shared:
     state: ClusterState
 
     def initialize_state(self, state_key: str = "bucketserve", replicas: int = 1, router: str = "bucket",
-                         imbalance: int = 8, max_len: int = 2048, min_observations: int = 16, **_ignored):
+                         imbalance: float = 4, max_len: int = 2048, min_observations: int = 16, **_ignored):
         self.state = shared_state(state_key, replicas, router, RangeConfig(max_len=max_len, min_observations=min_observations))
         self.imbalance = imbalance
 
@@ -55,7 +56,8 @@ class _Shared:
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult):
         super().on_request_routed(pending_request, replica_id, result)
-        self.state.routed(_kwargs(pending_request).get("token"), _rid(replica_id))
+        kwargs = _kwargs(pending_request)
+        self.state.routed(kwargs.get("token"), _rid(replica_id), int(kwargs.get("length") or 0))
 
 
 class BucketRouter(_Shared, RequestRouter):
@@ -73,7 +75,7 @@ class BucketRouter(_Shared, RequestRouter):
             return [by_load]
         target = own[0]
         least = loads.get(_rid(by_load[0]), 0)
-        if loads.get(_rid(target), 0) - least > self.imbalance:
+        if loads.get(_rid(target), 0) - least > self.imbalance * self.state.typical_work():
             return [by_load]
         return [[target], [r for r in by_load if r is not target]]
 

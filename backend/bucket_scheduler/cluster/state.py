@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 from .ranges import LengthRanges, RangeConfig
 
+# A request's work for load balancing: its prompt's estimated tokens plus this much for its
+# decode steps (what every request costs whatever its length).
+REQUEST_BASE_WORK = 32
+
 
 @dataclass
 class ClusterState:
@@ -26,8 +30,9 @@ class ClusterState:
         self._lock = threading.Lock()
         self.slots: dict[str, int] = {}  # replica id -> range index
         self.in_flight: Counter[str] = Counter()
+        self.work: Counter[str] = Counter()  # in-flight work per replica (estimated tokens)
         self.served: Counter[str] = Counter()
-        self._where: dict[str, str] = {}  # request token -> replica id
+        self._where: dict[str, tuple[str, int]] = {}  # request token -> (replica id, its work)
         self.ever_all_ready = False
 
     # --- router side ----------------------------------------------------------
@@ -44,25 +49,33 @@ class ClusterState:
             if len(self.slots) >= self.replicas:
                 self.ever_all_ready = True
 
-    def routed(self, token: str | None, rid: str) -> None:
+    def routed(self, token: str | None, rid: str, length: int = 0) -> None:
+        work = max(0, int(length)) + REQUEST_BASE_WORK
         with self._lock:
             self.in_flight[rid] += 1
+            self.work[rid] += work
             if token:
-                self._where[token] = rid
+                self._where[token] = (rid, work)
 
     def loads(self) -> dict[str, int]:
+        """In-flight work per live replica: a long prompt weighs more than a short one."""
         with self._lock:
-            return {rid: self.in_flight[rid] for rid in self.slots}
+            return {rid: self.work[rid] for rid in self.slots}
+
+    def typical_work(self) -> float:
+        return self.ranges.mean() + REQUEST_BASE_WORK
 
     # --- ingress side ---------------------------------------------------------
 
     def finished(self, token: str, answered_by: str | None) -> None:
         with self._lock:
-            rid = self._where.pop(token, None)
+            rid, work = self._where.pop(token, (None, 0))
             if rid is not None and self.in_flight[rid] > 0:
                 self.in_flight[rid] -= 1
+                self.work[rid] = max(0, self.work[rid] - work)
                 if self.in_flight[rid] == 0:
                     del self.in_flight[rid]
+                    self.work.pop(rid, None)
             if answered_by:
                 self.served[answered_by] += 1
 
