@@ -38,6 +38,7 @@ class ClusterSystem:
     model: str
     params: dict = field(default_factory=dict)
     max_len: int = 2048
+    imbalance: float = 4
     handle: object = None
 
     @property
@@ -49,7 +50,7 @@ class ClusterSystem:
         from bucket_scheduler.serving.launcher import free_port
 
         settings = ClusterSettings(replicas=self.replicas, router=self.router, models=[self.model], threads=self.threads,
-                                   params={self.model: dict(self.params)}, max_len=self.max_len,
+                                   params={self.model: dict(self.params)}, max_len=self.max_len, imbalance=self.imbalance,
                                    replica_cpus=round(1.8 / self.replicas, 2))
         self.handle = start_local(settings, port=free_port(), num_cpus=2, log=log)
 
@@ -79,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ttft-scale", type=float, default=5.0)
     p.add_argument("--tpot-scale", type=float, default=5.0)
     p.add_argument("--drain", type=float, default=60.0)
+    p.add_argument("--imbalance", type=float, default=4, help="bucket router: work lead (typical requests) before hand-over")
     p.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="bench-results/cluster")
     return p.parse_args(argv)
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     systems = []
     for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
         router, replicas, threads = SHAPES[name]
-        systems.append((ClusterSystem(name, router, replicas, threads, args.model, params), "bucketserve"))
+        systems.append((ClusterSystem(name, router, replicas, threads, args.model, params, imbalance=args.imbalance), "bucketserve"))
     rates = [] if args.rates == "auto" else [float(x) for x in args.rates.split(",")]
     cfg = SweepConfig(rates=rates, offline=True, seed=args.seed, drain_s=args.drain, warmup_requests=2,
                       auto_rate_factors=[float(x) for x in args.rate_factors.split(",")], prompts=prompts)

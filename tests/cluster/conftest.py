@@ -19,6 +19,7 @@ def cluster():
     from bucket_scheduler.cluster.app import ClusterSettings, start_local
 
     settings = ClusterSettings(replicas=2, router="bucket", models=[TINY], threads=1, max_len=MAX_LEN, min_observations=MIN_OBS,
+                               imbalance=50,  # ranges only: the overload hand-over is the slow test's
                                params={TINY: {"default_max_tokens": "8"}}, exit_timeout_s=5, health_check_period_s=1.0)
     handle = start_local(settings, port=free_port(), num_cpus=2)
     try:

@@ -123,10 +123,15 @@ def test_killed_tritonserver_every_request_one_answer_then_the_replica_is_back(c
     assert len(victims) == 2
 
     async def load_and_kill():
-        prompts = [(SHORT if i % 2 else LONG, True, 48) for i in range(12)]
+        prompts = [(SHORT if i % 2 else LONG, True, 400) for i in range(12)]
         task = asyncio.ensure_future(_many(cluster.url, prompts, concurrency=12))
-        await asyncio.sleep(3.0)  # the streams are running on both replicas
-        os.killpg(victims[0], signal.SIGKILL)  # the replica's whole tritonserver, stubs and all
+        for _ in range(300):  # until both replicas hold streams
+            busy = [r["in_flight"] for r in (await asyncio.to_thread(_get, cluster, "/v1/cluster/status"))["replicas"]]
+            if len(busy) == 2 and min(busy) > 0:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # tokens are flowing
+        os.killpg(victims[0], signal.SIGKILL)  # one replica's whole tritonserver, stubs and all
         return await task
 
     results = asyncio.run(load_and_kill())
@@ -137,6 +142,7 @@ def test_killed_tritonserver_every_request_one_answer_then_the_replica_is_back(c
     assert all(r["finals"] == 1 for r in results), results  # exactly one final answer each, no hang
     assert len(answered) + len(failed) == len(results)
     assert answered, "the other replica's requests went on"
+    assert failed or any(r["retried"] for r in results), "the kill hit no request in flight"
     for r in failed:
         assert r["errors"][0], r
 
@@ -161,7 +167,7 @@ def test_killed_tritonserver_every_request_one_answer_then_the_replica_is_back(c
 
 
 @pytest.mark.slow
-def test_long_form_many_mixed_requests_at_once(cluster):
+def test_long_form_many_mixed_requests_at_once(cluster):  # noqa: D103
     """64 mixed requests, 16 at a time: all answered exactly once, and most by their range's
     replica (the rest went to the least loaded one when their own was overloaded)."""
     prompts = [(SHORT if i % 3 else LONG, i % 2 == 0, 16) for i in range(64)]
