@@ -21,6 +21,7 @@ LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1")  # gRPC listens on the IPv4-mapped 
 def test_defaults_in_code_and_configs():
     parsed = _parse(["serve"])
     assert parsed.host == "127.0.0.1" and parsed.trust_remote_code is False
+    assert parsed.openai_port == 9000 and parsed.expose_http is False and parsed.max_body_bytes == 1 << 20
     assert cli.overrides_from_args(parsed, ["bucketserve"]) == {}  # nothing turns trust_remote_code on
     assert EngineConfig().trust_remote_code is False
     repo = default_repository()
@@ -59,6 +60,10 @@ def test_running_server_listens_on_loopback_only_and_refuses_model_control(serve
     assert listening and all(c.laddr.ip in LOOPBACK for c in listening), listening
     for child in proc.children(recursive=True):
         assert not [c for c in child.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    # The OpenAI-compatible front end beside it binds loopback too.
+    front = psutil.Process(server.handle.frontend.process.pid)
+    front_listening = [c for c in front.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert front_listening and all(c.laddr.ip in LOOPBACK for c in front_listening), front_listening
     for action in ("unload", "load"):
         req = urllib.request.Request(f"{server.handle.http_url}/v2/repository/models/{server.model}/{action}",
                                      data=b"{}", method="POST")

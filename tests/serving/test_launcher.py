@@ -45,6 +45,23 @@ def test_command_binds_host_and_ports():
     assert not any(a.startswith("--model-control-mode") for a in cmd)  # model-control API stays off
 
 
+def test_exposed_host_keeps_triton_http_on_loopback():
+    """Triton 2.51's HTTP front end crashes on bodies >= 4 MiB: --host exposes gRPC and metrics
+    (and the OpenAI port), HTTP only when asked for."""
+    install = TritonInstall(binary=Path("/x/tritonserver"), backend_dir=None)
+    cmd = launcher.build_command(install, Path("/repo"), "0.0.0.0", 1, 2, 3, 7, gpu_metrics=False, http_host="127.0.0.1")
+    assert "--http-address=127.0.0.1" in cmd and "--grpc-address=0.0.0.0" in cmd and "--metrics-address=0.0.0.0" in cmd
+
+
+def test_frontend_command_names_models_tokenizers_and_parent():
+    from bucket_scheduler.serving.frontend import frontend_command
+
+    cmd = frontend_command("127.0.0.1:8001", "0.0.0.0", 9000, ["a", "b"], {"a": ("/models/a", True)}, max_body_bytes=5)
+    for flag in ("--grpc-url=127.0.0.1:8001", "--host=0.0.0.0", "--port=9000", "--model=a=/models/a", "--model=b",
+                 "--trust-remote-code=a", "--max-body-bytes=5", f"--parent-pid={os.getpid()}"):
+        assert flag in cmd
+
+
 def test_stale_shm_regions_are_removed_but_mapped_ones_kept():
     import mmap
 

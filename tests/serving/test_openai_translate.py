@@ -3,6 +3,8 @@ the model's validator untouched) and the mapping of the model's error messages."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bucket_scheduler.serving.openai.errors import OpenAIError, from_model_error
@@ -94,3 +96,12 @@ def test_answer_shapes():
     assert chat.chunk(finish_reason="length")["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
     text = Answer(model="m", chat=False)
     assert text.full("x", "length", 1, 1)["choices"][0]["text"] == "x" and text.id.startswith("cmpl-")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("text", ["Paris", ' "quoted" \\ back', "\n\x00\u2028", "é中😀"])
+def test_prerendered_delta_event_equals_the_full_chunk(chat, text):
+    answer = Answer(model='m"odel', chat=chat)
+    event = answer.delta_event(text)
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    assert json.loads(event[6:]) == answer.chunk(text=text)

@@ -113,7 +113,8 @@ def start_frontend(cmd: list[str], host: str, port: int, log_path: Path | None, 
     deadline = time.monotonic() + ready_timeout_s
     while not frontend.healthy():
         if not frontend.alive():
-            raise FrontendError(f"the OpenAI front end exited with code {proc.returncode} before it was ready")
+            raise FrontendError(f"the OpenAI front end exited with code {proc.returncode} before it was ready "
+                                f"(port {port} in use? --openai-port picks another, 0 turns it off)")
         if time.monotonic() > deadline:
             frontend.stop(5)
             raise FrontendError(f"the OpenAI front end was not ready after {ready_timeout_s:.0f}s")

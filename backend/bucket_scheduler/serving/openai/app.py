@@ -197,7 +197,7 @@ async def _events(gen, chunk, answer: Answer, call: Call):
             yield sse(answer.chunk(text="", role=True))
         while True:
             if chunk.text:
-                yield sse(answer.chunk(text=chunk.text))
+                yield answer.delta_event(chunk.text)
             if chunk.final:
                 yield sse(answer.chunk(text=None if answer.chat else "", finish_reason=chunk.finish_reason))
                 if call.include_usage:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from bucket_scheduler.chat_template import render_chat
+
 from .errors import bad_request
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
-    """messages -> the prompt text, ending where the assistant's answer starts."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """messages -> the model's text_input."""
+    text = render_chat(tokenizer, messages)
     # The engine tokenizes text_input with add_special_tokens=True. A tokenizer that prepends BOS
     # there would double the BOS a template already writes (Llama 3 style): drop the template's.
     bos = getattr(tokenizer, "bos_token", None)
@@ -67,6 +69,6 @@ class ChatTemplates:
         if not getattr(tok, "chat_template", None):
             raise bad_request(f"model `{model}` has no chat template; use /v1/completions", "messages", "no_chat_template")
         try:
-            return render_chat(tok, messages)
+            return chat_prompt(tok, messages)
         except Exception as exc:  # noqa: BLE001 - the template's own checks (roles must alternate, ...)
             raise bad_request(f"messages: the chat template refused them: {exc}", "messages") from None

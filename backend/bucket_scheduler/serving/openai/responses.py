@@ -30,6 +30,13 @@ class Answer:
 
     def __post_init__(self):
         self.id = self.id or (("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex)
+        # A text delta is the one event per token: pre-render everything around its text once.
+        head, tail = sse(self.chunk(text="\x00")).split(b'"\\u0000"')
+        self._delta_head, self._delta_tail = head, tail
+
+    def delta_event(self, text: str) -> bytes:
+        """sse(self.chunk(text=text)), without building and encoding the whole dict per token."""
+        return self._delta_head + json.dumps(text, ensure_ascii=False).encode("utf-8") + self._delta_tail
 
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
