@@ -167,9 +167,9 @@ def test_killed_tritonserver_every_request_one_answer_then_the_replica_is_back(c
 
 
 @pytest.mark.slow
-def test_long_form_many_mixed_requests_at_once(cluster):  # noqa: D103
-    """64 mixed requests, 16 at a time: all answered exactly once, and most by their range's
-    replica (the rest went to the least loaded one when their own was overloaded)."""
+def test_long_form_many_mixed_requests_at_once(cluster):
+    """64 mixed requests, 16 at a time: all answered exactly once, and (the module's cluster
+    hands over only past a large imbalance) at least 3 in 4 by their range's replica."""
     prompts = [(SHORT if i % 3 else LONG, i % 2 == 0, 16) for i in range(64)]
     results = asyncio.run(_many(cluster.url, prompts, concurrency=16))
     assert all(r["status"] == 200 and r["finals"] == 1 and not r["errors"] for r in results), results
