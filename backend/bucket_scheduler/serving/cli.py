@@ -5,6 +5,7 @@
     bucketserve serve --models bucketserve,bucketserve_tiny
     bucketserve serve --param bucketserve_tiny:policy=static --param memory_fraction=0.5
     bucketserve prepare                                # convert the default model now (cached)
+    bucketserve cluster --replicas 2 --router bucket   # Triton replicas on a local Ray cluster, OpenAI API on :9000
 
 Setting flags (--policy, --model-dir, ...) apply to the first model of --models; --param
 MODEL:KEY=VALUE reaches any model, KEY=VALUE the first one. The run's effective config.pbtxt
@@ -97,6 +98,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    try:
+        from bucket_scheduler.cluster.app import ClusterSettings, run_local
+    except ImportError as exc:
+        _log(f"[bucketserve] the cluster needs Ray Serve: pip install 'bucketserve[cluster]' ({exc})")
+        return 1
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    params: dict[str, dict[str, str]] = {}
+    for model, values in overrides_from_args(args, models).items():
+        params[model] = values
+    settings = ClusterSettings(replicas=args.replicas, router=args.router, models=models, threads=args.threads,
+                               params=params, model_repository=args.model_repository, replica_cpus=args.replica_cpus,
+                               max_num_seqs=args.max_num_seqs or 32)
+    return run_local(settings, args.host, args.openai_port, log=_log)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bucketserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory (off by default)")
     s.add_argument("--param", action="append", metavar="[MODEL:]KEY=VALUE", help="any config.pbtxt parameter, e.g. scheduler.<option>=...")
     s.set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("cluster", help="N tritonserver replicas behind one OpenAI-compatible ingress on a local Ray cluster")
+    c.add_argument("--replicas", type=int, default=2)
+    c.add_argument("--router", choices=("bucket", "pow2"), default="bucket",
+                   help="bucket: each replica serves a prompt-length range; pow2: Ray's power-of-two-choices")
+    c.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    c.add_argument("--model-repository")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--openai-port", type=int, default=9000)
+    c.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    c.add_argument("--replica-cpus", type=float, default=0.5, help="CPUs Ray reserves per replica (fractional)")
+    for flag in SETTING_FLAGS:
+        if flag not in ("threads",):
+            c.add_argument(f"--{flag.replace('_', '-')}", type=int if flag in ("max_model_len", "default_max_tokens",
+                           "max_num_seqs", "max_queue_requests", "max_queue_tokens") else None)
+    c.add_argument("--trust-remote-code", action="store_true")
+    c.add_argument("--param", action="append", metavar="[MODEL:]KEY=VALUE")
+    c.set_defaults(fn=cmd_cluster)
 
     p = sub.add_parser("prepare", help="convert / build a model into the cache now and print its directory")
     p.add_argument("model_dir", nargs="?", default=None, help="default: SmolLM2-135M-Instruct; 'tiny' for the test model")

@@ -1,0 +1,102 @@
+"""What the ingress and its handle's request router share, in the ingress's process.
+
+A Serve handle runs its request router inside the process that owns the handle (on a router
+thread), so the ingress and the router meet here: the ingress observes prompt lengths (the
+ranges follow them) and reports finished requests; the router reports which replicas exist,
+which slot (range) each holds and where every request went. Guarded by a lock: two threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .ranges import LengthRanges, RangeConfig
+
+# A request's work for load balancing: its prompt's estimated tokens plus this much for its
+# decode steps (what every request costs whatever its length).
+REQUEST_BASE_WORK = 32
+
+
+@dataclass
+class ClusterState:
+    replicas: int
+    router: str  # "bucket" or "pow2"
+    range_config: RangeConfig = field(default_factory=RangeConfig)
+
+    def __post_init__(self):
+        self.ranges = LengthRanges(self.replicas, self.range_config)
+        self._lock = threading.Lock()
+        self.slots: dict[str, int] = {}  # replica id -> range index
+        self.in_flight: Counter[str] = Counter()
+        self.work: Counter[str] = Counter()  # in-flight work per replica (estimated tokens)
+        self.served: Counter[str] = Counter()
+        self._where: dict[str, tuple[str, int]] = {}  # request token -> (replica id, its work)
+        self.ever_all_ready = False
+
+    # --- router side ----------------------------------------------------------
+
+    def set_replicas(self, ids: list[str]) -> None:
+        """Keep each live replica's slot; a new replica takes the lowest free one (the slot of
+        the replica it replaces)."""
+        with self._lock:
+            live = set(ids)
+            self.slots = {rid: s for rid, s in self.slots.items() if rid in live}
+            for rid in sorted(live - set(self.slots)):
+                used = set(self.slots.values())
+                self.slots[rid] = next(s for s in range(len(live) + len(used) + 1) if s not in used)
+            if len(self.slots) >= self.replicas:
+                self.ever_all_ready = True
+
+    def routed(self, token: str | None, rid: str, length: int = 0) -> None:
+        work = max(0, int(length)) + REQUEST_BASE_WORK
+        with self._lock:
+            self.in_flight[rid] += 1
+            self.work[rid] += work
+            if token:
+                self._where[token] = (rid, work)
+
+    def loads(self) -> dict[str, int]:
+        """In-flight work per live replica: a long prompt weighs more than a short one."""
+        with self._lock:
+            return {rid: self.work[rid] for rid in self.slots}
+
+    def typical_work(self) -> float:
+        return self.ranges.mean() + REQUEST_BASE_WORK
+
+    # --- ingress side ---------------------------------------------------------
+
+    def finished(self, token: str, answered_by: str | None) -> None:
+        with self._lock:
+            rid, work = self._where.pop(token, (None, 0))
+            if rid is not None and self.in_flight[rid] > 0:
+                self.in_flight[rid] -= 1
+                self.work[rid] = max(0, self.work[rid] - work)
+                if self.in_flight[rid] == 0:
+                    del self.in_flight[rid]
+                    self.work.pop(rid, None)
+            if answered_by:
+                self.served[answered_by] += 1
+
+    def status(self) -> dict:
+        ranges = self.ranges.ranges()
+        full = [0, self.range_config.max_len]
+        with self._lock:
+            out = []
+            for rid, slot in sorted(self.slots.items(), key=lambda kv: kv[1]):
+                rng = list(ranges[slot]) if self.router == "bucket" and slot < len(ranges) else full
+                out.append({"id": rid, "range": rng, "requests": self.served[rid], "in_flight": self.in_flight[rid]})
+        return {"router": self.router, "replicas": out}
+
+
+_STATES: dict[str, ClusterState] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def shared_state(key: str, replicas: int, router: str, range_config: RangeConfig | None = None) -> ClusterState:
+    with _STATES_LOCK:
+        state = _STATES.get(key)
+        if state is None:
+            state = _STATES[key] = ClusterState(replicas, router, range_config or RangeConfig())
+        return state

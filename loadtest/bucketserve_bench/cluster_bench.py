@@ -1,0 +1,142 @@
+"""bucketserve-bench cluster: the Ray Serve cluster's routers and shapes, side by side in one run.
+
+    python -m bucketserve_bench.cluster_bench --num-requests 24 --rates auto
+
+Systems, each a fresh local Ray cluster driven through its OpenAI ingress with the same
+workload (mixed lengths from both Azure traces) and the same rates:
+- bucket-2x1: 2 replicas x 1 torch thread, bucket-aware routing (a length range per replica)
+- pow2-2x1:   2 replicas x 1 thread, Ray's power-of-two-choices router (the baseline)
+- single-1x2: 1 replica x 2 threads (what the two replicas' cores give one server)
+Prints the rate each holds at 80% SLO attainment and the saturated throughput, and the two
+ratios of the goals: bucket / pow2 capacity, 2x1 / 1x2 throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import report as rep
+from .bench import SloConfig, SweepConfig, run_all
+from .clients import OpenAICompletionsClient
+from .workload import DEFAULT_TRACES, LengthShaping, PromptBuilder, WorkloadSpec, build_workload, load_tokenizer, summarize
+
+SHAPES = {"bucket-2x1": ("bucket", 2, 1), "pow2-2x1": ("pow2", 2, 1), "single-1x2": ("pow2", 1, 2)}
+
+
+@dataclass
+class ClusterSystem:
+    name: str
+    router: str
+    replicas: int
+    threads: int
+    model: str
+    params: dict = field(default_factory=dict)
+    max_len: int = 2048
+    imbalance: float = 4
+    handle: object = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None  # several servers: the bench reads client-side figures only
+
+    def start(self, log=print) -> None:
+        from bucket_scheduler.cluster.app import ClusterSettings, start_local
+        from bucket_scheduler.serving.launcher import free_port
+
+        settings = ClusterSettings(replicas=self.replicas, router=self.router, models=[self.model], threads=self.threads,
+                                   params={self.model: dict(self.params)}, max_len=self.max_len, imbalance=self.imbalance,
+                                   replica_cpus=round(1.8 / self.replicas, 2))
+        self.handle = start_local(settings, port=free_port(), num_cpus=2, log=log)
+
+    def client(self) -> OpenAICompletionsClient:
+        return OpenAICompletionsClient(self.handle.url, self.model, bucketserve_fields=True)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.stop()
+            self.handle = None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bucketserve-bench-cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--systems", default=",".join(SHAPES))
+    p.add_argument("--model", default="bucketserve")
+    p.add_argument("--model-dir", default=None, help="'tiny', 'smollm2' or a local model directory (default: the model's own)")
+    p.add_argument("--num-requests", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--online-fraction", type=float, default=1.0)
+    p.add_argument("--prompt-scale", type=float, default=0.25)
+    p.add_argument("--output-scale", type=float, default=0.25)
+    p.add_argument("--max-prompt", type=int, default=512)
+    p.add_argument("--max-output", type=int, default=64)
+    p.add_argument("--rates", default="auto")
+    p.add_argument("--rate-factors", default="0.5,1.0,1.5")
+    p.add_argument("--ttft-scale", type=float, default=5.0)
+    p.add_argument("--tpot-scale", type=float, default=5.0)
+    p.add_argument("--drain", type=float, default=60.0)
+    p.add_argument("--imbalance", type=float, default=4, help="bucket router: work lead (typical requests) before hand-over")
+    p.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="bench-results/cluster")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from bucket_scheduler.runtime.models import resolve_model
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    model_dir = Path(resolve_model(args.model_dir))
+    shaping = LengthShaping(args.prompt_scale, args.output_scale, 4, args.max_prompt, 2, args.max_output)
+    spec = WorkloadSpec(traces=list(DEFAULT_TRACES), num_requests=args.num_requests, seed=args.seed, shaping=shaping,
+                        online_fraction=args.online_fraction)
+    prompts = PromptBuilder(load_tokenizer(model_dir))
+    reqs = build_workload(spec, prompts.tokenizer, builder=prompts)
+    params = dict(kv.split("=", 1) for kv in args.server_param)
+    if args.model_dir:
+        params.setdefault("model_dir", str(model_dir))
+    systems = []
+    for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
+        router, replicas, threads = SHAPES[name]
+        systems.append((ClusterSystem(name, router, replicas, threads, args.model, params, imbalance=args.imbalance), "bucketserve"))
+    rates = [] if args.rates == "auto" else [float(x) for x in args.rates.split(",")]
+    cfg = SweepConfig(rates=rates, offline=True, seed=args.seed, drain_s=args.drain, warmup_requests=2,
+                      auto_rate_factors=[float(x) for x in args.rate_factors.split(",")], prompts=prompts)
+    slo = SloConfig(None, None, args.ttft_scale, args.tpot_scale, 4)
+    results, slo_box = asyncio.run(run_all(systems, reqs, cfg, slo))
+    systems_out = [{k: v for k, v in asdict(r).items() if k != "results"} for r in results]
+    head = rep.headline(systems_out)
+    ratios = goal_ratios(head)
+    report = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_s": time.time() - started,
+              "machine": rep.machine_info(), "config": vars(args), "rates": cfg.rates, "slo": slo_box,
+              "workload": {"shaping": shaping.describe(), "summary": summarize(reqs)}, "systems": systems_out,
+              "headline": head, "goal_ratios": ratios}
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps({"headline": head, "goal_ratios": ratios, "rates": cfg.rates, "slo": slo_box}, indent=1, default=str))
+    return 0
+
+
+def goal_ratios(head: dict) -> dict:
+    def get(name, key):
+        v = (head.get(name) or {}).get(key)
+        return v if isinstance(v, (int, float)) and v > 0 else None
+
+    out = {}
+    b, p = get("bucket-2x1", "rate_at_slo"), get("pow2-2x1", "rate_at_slo")
+    out["bucket_over_pow2_rate_at_80"] = b / p if b and p else None
+    t2, t1 = get("pow2-2x1", "offline_total_tokens_per_s"), get("single-1x2", "offline_total_tokens_per_s")
+    out["two_by_one_over_one_by_two_throughput"] = t2 / t1 if t2 and t1 else None
+    tb = get("bucket-2x1", "offline_total_tokens_per_s")
+    out["bucket_2x1_over_one_by_two_throughput"] = tb / t1 if tb and t1 else None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
