@@ -3,7 +3,7 @@
 import random
 
 from bucket_scheduler.cluster.ranges import LengthRanges, RangeConfig, prompt_length
-from bucket_scheduler.core.buckets import histogram_edges, optimal_boundaries
+from bucket_scheduler.core.boundaries import histogram_edges, optimal_boundaries
 
 
 def test_even_ranges_until_enough_lengths_were_seen():
@@ -25,7 +25,7 @@ def test_bimodal_lengths_are_cut_between_the_modes():
 
 
 def test_boundaries_are_the_cores_padding_optimal_ones():
-    """Same lengths, same cut as core.buckets.optimal_boundaries over the core's histogram bins."""
+    """Same lengths, same cut as core.boundaries.optimal_boundaries over the core's histogram bins."""
     lengths = [30] * 50 + [200] * 30 + [700] * 20
     r = LengthRanges(3, RangeConfig(max_len=1024, min_observations=len(lengths)))
     for n in lengths:

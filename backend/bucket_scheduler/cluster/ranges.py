@@ -1,6 +1,6 @@
 """Which prompt-length range each replica serves: the core's boundary logic, applied to replicas.
 
-The ranges are the core's `dp` bucket boundaries (core/buckets.py: `histogram_edges` bins and
+The ranges are the core's `dp` bucket boundaries (core/boundaries.py: `histogram_edges` bins and
 `optimal_boundaries`, the padding-optimal cut of the observed length histogram) with one group
 per replica. Until enough lengths were seen the ranges split [0, max_len) evenly. Boundaries
 move only when the new ones cut expected padding by more than `hysteresis`, as in the core.
@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from bucket_scheduler.core.buckets import histogram_edges, optimal_boundaries
+from bucket_scheduler.core.boundaries import histogram_edges, optimal_boundaries
 
 BYTES_PER_TOKEN = 4
 
