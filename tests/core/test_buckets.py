@@ -150,8 +150,8 @@ def test_histogram_coarsening_keeps_totals_and_bounds_bins():
     lengths = [7 + (i * 37) % 16000 for i in range(3000)]
     for i, n in enumerate(lengths):
         mgr.add(req(i, prompt=n))
-    full = mgr.mode.histogram()
-    coarse = mgr.mode.histogram(max_bins=50)
+    full = mgr.mode.hist.bins()
+    coarse = mgr.mode.hist.bins(max_bins=50)
     assert len(full[0]) > 50 >= len(coarse[0])
     assert sum(coarse[1]) == sum(full[1]) == len(lengths)
     assert sum(coarse[2]) == sum(full[2]) == sum(lengths)

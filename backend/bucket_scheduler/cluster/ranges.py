@@ -1,6 +1,6 @@
 """Which prompt-length range each replica serves: the core's boundary logic, applied to replicas.
 
-The ranges are the core's `dp` bucket boundaries (core/boundaries.py: `histogram_edges` bins and
+The ranges are the core's `dp` bucket boundaries (core/boundaries.py: a `LengthHistogram` on `histogram_edges` bins and
 `optimal_boundaries`, the padding-optimal cut of the observed length histogram) with one group
 per replica. Until enough lengths were seen the ranges split [0, max_len) evenly. Boundaries
 move only when the new ones cut expected padding by more than `hysteresis`, as in the core.
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import deque
 from dataclasses import dataclass
 
-from bucket_scheduler.core.boundaries import histogram_edges, optimal_boundaries
+from bucket_scheduler.core.boundaries import LengthHistogram, optimal_boundaries
 
 BYTES_PER_TOKEN = 4
 
@@ -55,10 +54,7 @@ class LengthRanges:
     def __init__(self, groups: int, config: RangeConfig | None = None):
         self.config = config or RangeConfig()
         self.groups = max(1, groups)
-        self._edges = histogram_edges(self.config.max_len)
-        self._obs: deque[int] = deque(maxlen=self.config.window)
-        self._count = [0] * (len(self._edges) - 1)
-        self._sum = [0] * (len(self._edges) - 1)
+        self._hist = LengthHistogram(self.config.max_len, self.config.window)
         self._since = 0
         self._learned = False
         self._lock = threading.Lock()
@@ -72,48 +68,19 @@ class LengthRanges:
         return min(max(0, int(n)), self.config.max_len - 1)
 
     def observe(self, length: int) -> None:
-        length = self._clamp(length)
         with self._lock:
-            if len(self._obs) == self._obs.maxlen:
-                old = self._obs[0]
-                i = bisect.bisect_right(self._edges, old) - 1
-                self._count[i] -= 1
-                self._sum[i] -= old
-            self._obs.append(length)
-            i = bisect.bisect_right(self._edges, length) - 1
-            self._count[i] += 1
-            self._sum[i] += length
+            self._hist.observe(self._clamp(length))
             self._since += 1
             due = self.config.refresh_every if self._learned else self.config.min_observations
             if self._since >= due:
                 self._since = 0
                 self._refresh()
 
-    def _histogram(self) -> tuple[list[int], list[int], list[int]]:
-        tops, counts, sums = [], [], []
-        for i, n in enumerate(self._count):
-            if n:
-                tops.append(self._edges[i + 1])
-                counts.append(n)
-                sums.append(self._sum[i])
-        return tops, counts, sums
-
-    def _padding(self, bounds: list[int], hist) -> float:
-        total, start = 0.0, 0
-        tops, counts, sums = hist
-        for top in [*bounds, self.config.max_len]:
-            end = bisect.bisect_right(tops, top, lo=start)
-            if end > start:
-                total += sum(counts[start:end]) * tops[end - 1] - sum(sums[start:end])
-            start = end
-        return total
-
     def _refresh(self) -> None:
-        hist = self._histogram()
-        bounds, pad = optimal_boundaries(*hist, self.groups)
+        bounds, pad = optimal_boundaries(*self._hist.bins(), self.groups)
         if len(bounds) < self.groups - 1:
             return  # fewer distinct lengths than replicas: keep the current ranges
-        if self._learned and pad >= self._padding(self._bounds, hist) * (1.0 - self.config.hysteresis):
+        if self._learned and pad >= self._hist.padding(self._bounds) * (1.0 - self.config.hysteresis):
             return
         self._learned = True
         self._bounds = list(bounds)
@@ -121,7 +88,7 @@ class LengthRanges:
     def mean(self) -> float:
         """Mean of the remembered lengths (0 before any)."""
         with self._lock:
-            return sum(self._obs) / len(self._obs) if self._obs else 0.0
+            return self._hist.mean()
 
     def bounds(self) -> list[int]:
         with self._lock:

@@ -215,38 +215,41 @@ def optimal_boundaries(
     return bounds, float(dp[b - 1])
 
 
-class DpMode:
-    """Padding-optimal boundaries for the histogram of recently observed lengths."""
+class LengthHistogram:
+    """The last `window` observed lengths, binned on histogram_edges: a count and a summed
+    length per bin, what optimal_boundaries cuts and padding() scores. The dp mode and the
+    cluster's replica ranges both keep one."""
 
-    def __init__(self, cfg: BoundaryConfig, max_model_len: int):
-        self.cfg = cfg
-        self.max_bins = max(2 * cfg.max_buckets, 192)
-        self._edges = histogram_edges(max_model_len)
-        self._obs: deque[int] = deque(maxlen=cfg.dp_window)
-        self._count = [0] * (len(self._edges) - 1)
-        self._sum = [0] * (len(self._edges) - 1)
-        self._since_refresh = 0
-        self._placed = False
+    def __init__(self, max_len: int, window: int):
+        self.edges = histogram_edges(max_len)
+        self._obs: deque[int] = deque(maxlen=window)
+        self._count = [0] * (len(self.edges) - 1)
+        self._sum = [0] * (len(self.edges) - 1)
+
+    def __len__(self) -> int:
+        return len(self._obs)
+
+    def mean(self) -> float:
+        return sum(self._obs) / len(self._obs) if self._obs else 0.0
 
     def observe(self, length: int) -> None:
         if len(self._obs) == self._obs.maxlen:
             old = self._obs[0]
-            ob = bisect.bisect_right(self._edges, old) - 1
+            ob = bisect.bisect_right(self.edges, old) - 1
             self._count[ob] -= 1
             self._sum[ob] -= old
         self._obs.append(length)
-        i = bisect.bisect_right(self._edges, length) - 1
+        i = bisect.bisect_right(self.edges, length) - 1
         self._count[i] += 1
         self._sum[i] += length
-        self._since_refresh += 1
 
-    def histogram(self, max_bins: int | None = None) -> tuple[list[int], list[int], list[int]]:
+    def bins(self, max_bins: int | None = None) -> tuple[list[int], list[int], list[int]]:
         """Non-empty bins (top edge, count, summed lengths); with max_bins, neighbours
         are merged pairwise until at most that many remain (bounds the dp's cost)."""
         tops, counts, sums = [], [], []
         for i, n in enumerate(self._count):
             if n:
-                tops.append(self._edges[i + 1])
+                tops.append(self.edges[i + 1])
                 counts.append(n)
                 sums.append(self._sum[i])
         while max_bins is not None and len(tops) > max_bins:
@@ -255,12 +258,12 @@ class DpMode:
             sums = [sum(sums[i : i + 2]) for i in range(0, len(sums), 2)]
         return tops, counts, sums
 
-    def expected_padding(self, bounds: list[int]) -> float:
-        """Padding of the observed histogram under the given inner boundaries."""
+    def padding(self, bounds: list[int]) -> float:
+        """Padding of the observed lengths under the given inner boundaries."""
         total = 0.0
         group_top, group_c, group_s = None, 0, 0
         gi = 0
-        for t, c, s in zip(*self.histogram()):
+        for t, c, s in zip(*self.bins()):
             while gi < len(bounds) and t > bounds[gi]:  # bin lies above this boundary: close group
                 if group_c:
                     total += group_c * group_top - group_s
@@ -270,6 +273,21 @@ class DpMode:
         if group_c:
             total += group_c * group_top - group_s
         return total
+
+
+class DpMode:
+    """Padding-optimal boundaries for the histogram of recently observed lengths."""
+
+    def __init__(self, cfg: BoundaryConfig, max_model_len: int):
+        self.cfg = cfg
+        self.max_bins = max(2 * cfg.max_buckets, 192)
+        self.hist = LengthHistogram(max_model_len, cfg.dp_window)
+        self._since_refresh = 0
+        self._placed = False
+
+    def observe(self, length: int) -> None:
+        self.hist.observe(length)
+        self._since_refresh += 1
 
     def groups(self, mgr: "BucketManager", n_max_of: NMaxOf) -> int:
         """Buckets worth keeping: each should hold about a batch (N_max at the median waiting length)."""
@@ -286,9 +304,9 @@ class DpMode:
             return
         if due:
             self._since_refresh = 0
-        bounds, pad = optimal_boundaries(*self.histogram(max_bins=self.max_bins), k)
+        bounds, pad = optimal_boundaries(*self.hist.bins(max_bins=self.max_bins), k)
         if self._placed and not too_many:
-            if pad >= self.expected_padding(mgr.boundaries()) * (1.0 - self.cfg.dp_hysteresis):
+            if pad >= self.hist.padding(mgr.boundaries()) * (1.0 - self.cfg.dp_hysteresis):
                 return
         self._placed = True
         mgr.set_boundaries(bounds)
