@@ -22,7 +22,7 @@ from pathlib import Path
 from .clients import OpenAICompletionsClient, TritonGrpcClient
 from .metrics import RequestResult, percentile, summarize_run
 from .runner import run_open_loop
-from .workload import DEFAULT_TRACES, LengthShaping, PromptBuilder, WorkloadSpec, build_workload, load_tokenizer, with_fresh_prompts
+from .workload import PromptBuilder, add_workload_args, build_workload, load_tokenizer, with_fresh_prompts, workload_spec
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,14 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="bucketserve", help="model of the repository (default bucketserve; bucketserve_tiny for a fast run)")
     p.add_argument("--model-dir", default=None, help="default: the model's own (SmolLM2 / tiny)")
     p.add_argument("--policy", default="bucket")
-    p.add_argument("--num-requests", type=int, default=24)
     p.add_argument("--rounds", type=int, default=2, help="saturated runs per path, alternating the order")
     p.add_argument("--unloaded", type=int, default=8, help="single requests per path for unloaded TTFT")
-    p.add_argument("--prompt-scale", type=float, default=0.25)
-    p.add_argument("--output-scale", type=float, default=0.25)
-    p.add_argument("--max-prompt", type=int, default=512)
-    p.add_argument("--max-output", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    add_workload_args(p)
     p.add_argument("--out", default="bench-results/api_compare.json")
     return p.parse_args(argv)
 
@@ -106,8 +101,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     model_dir = resolve_model(args.model_dir or ("tiny" if args.model == "bucketserve_tiny" else None))
-    shaping = LengthShaping(args.prompt_scale, args.output_scale, 4, args.max_prompt, 2, args.max_output)
-    spec = WorkloadSpec(traces=list(DEFAULT_TRACES), num_requests=args.num_requests, seed=args.seed, shaping=shaping, online_fraction=0.5)
+    spec = workload_spec(args)
     builder = PromptBuilder(load_tokenizer(model_dir))
     reqs = build_workload(spec, builder.tokenizer, builder=builder)
     params = {"policy": args.policy, "model_dir": str(model_dir)}

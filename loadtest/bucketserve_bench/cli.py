@@ -20,7 +20,7 @@ from . import report as rep
 from .bench import SloConfig, SweepConfig, run_all
 from .checks import sanity_problems
 from .systems import POLICIES, OurServer, SystemUnavailable, VllmServer, vllm_version
-from .workload import DEFAULT_TRACES, LengthShaping, PromptBuilder, WorkloadSpec, build_workload, load_tokenizer, summarize, to_dict
+from .workload import DEFAULT_TRACES, PromptBuilder, add_workload_args, build_workload, load_tokenizer, summarize, to_dict, workload_spec
 
 # Smoke mode: the tiny random model, two policies (so the per-policy restart is exercised),
 # a saturated run of 12 short requests each and a two-rate sweep derived from the first one.
@@ -33,16 +33,7 @@ QUICK = dict(
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bucketserve-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("workload")
-    g.add_argument("--trace", action="append", help="Azure LLM trace CSV (repeat for a mix; default: the conversation and code traces)")
-    g.add_argument("--num-requests", type=int, default=24, help="requests per run (default 24: a 5-system run in about 25 minutes on 2 cores)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--online-fraction", type=float, default=0.5, help="share of requests with TTFT/TPOT SLOs (default 0.5)")
-    g.add_argument("--prompt-scale", type=float, default=0.25, help="multiply trace prompt lengths (default 0.25)")
-    g.add_argument("--output-scale", type=float, default=0.25, help="multiply trace output lengths (default 0.25)")
-    g.add_argument("--min-prompt", type=int, default=4)
-    g.add_argument("--max-prompt", type=int, default=512)
-    g.add_argument("--min-output", type=int, default=2)
-    g.add_argument("--max-output", type=int, default=64)
+    add_workload_args(g)
     g = p.add_argument_group("systems")
     g.add_argument("--policies", default=",".join(POLICIES), help="our server's policies to run, comma-separated (empty: none)")
     g.add_argument("--model", default="bucketserve", help="model name in the repository (default bucketserve)")
@@ -119,8 +110,8 @@ def main(argv=None) -> int:
         return 2
 
     model_dir = resolve_model_dir(args.model_dir)
-    shaping = LengthShaping(args.prompt_scale, args.output_scale, args.min_prompt, args.max_prompt, args.min_output, args.max_output)
-    spec = WorkloadSpec(traces=traces, num_requests=args.num_requests, seed=args.seed, shaping=shaping, online_fraction=args.online_fraction)
+    spec = workload_spec(args)
+    shaping = spec.shaping
     prompts = PromptBuilder(load_tokenizer(model_dir))
     reqs = build_workload(spec, prompts.tokenizer, builder=prompts)
     overrides = dict(kv.split("=", 1) for kv in args.server_param)

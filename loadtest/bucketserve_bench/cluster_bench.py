@@ -24,7 +24,7 @@ from pathlib import Path
 from . import report as rep
 from .bench import SloConfig, SweepConfig, run_all
 from .clients import OpenAICompletionsClient
-from .workload import DEFAULT_TRACES, LengthShaping, PromptBuilder, WorkloadSpec, build_workload, load_tokenizer, summarize
+from .workload import PromptBuilder, add_workload_args, build_workload, load_tokenizer, summarize, workload_spec
 
 SHAPES = {"bucket-2x1": ("bucket", 2, 1), "pow2-2x1": ("pow2", 2, 1), "single-1x2": ("pow2", 1, 2)}
 
@@ -68,13 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SHAPES))
     p.add_argument("--model", default="bucketserve")
     p.add_argument("--model-dir", default=None, help="'tiny', 'smollm2' or a local model directory (default: the model's own)")
-    p.add_argument("--num-requests", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--online-fraction", type=float, default=1.0)
-    p.add_argument("--prompt-scale", type=float, default=0.25)
-    p.add_argument("--output-scale", type=float, default=0.25)
-    p.add_argument("--max-prompt", type=int, default=512)
-    p.add_argument("--max-output", type=int, default=64)
+    add_workload_args(p, online_fraction=1.0)
     p.add_argument("--rates", default="auto")
     p.add_argument("--rate-factors", default="0.5,1.0,1.5")
     p.add_argument("--ttft-scale", type=float, default=5.0)
@@ -94,9 +88,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     model_dir = Path(resolve_model(args.model_dir))
-    shaping = LengthShaping(args.prompt_scale, args.output_scale, 4, args.max_prompt, 2, args.max_output)
-    spec = WorkloadSpec(traces=list(DEFAULT_TRACES), num_requests=args.num_requests, seed=args.seed, shaping=shaping,
-                        online_fraction=args.online_fraction)
+    spec = workload_spec(args)
+    shaping = spec.shaping
     prompts = PromptBuilder(load_tokenizer(model_dir))
     reqs = build_workload(spec, prompts.tokenizer, builder=prompts)
     params = dict(kv.split("=", 1) for kv in args.server_param)

@@ -155,6 +155,28 @@ def sample_lengths(spec: WorkloadSpec, rows_by_trace: dict[str, list[TraceRow]])
     return out
 
 
+def add_workload_args(p, num_requests: int = 24, online_fraction: float = 0.5) -> None:
+    """The workload flags every benchmark takes; their defaults live here only."""
+    p.add_argument("--trace", action="append", help="Azure LLM trace CSV (repeat for a mix; default: the conversation and code traces)")
+    p.add_argument("--num-requests", type=int, default=num_requests, help=f"requests per run (default {num_requests})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--online-fraction", type=float, default=online_fraction,
+                   help=f"share of requests with TTFT/TPOT SLOs (default {online_fraction:g})")
+    p.add_argument("--prompt-scale", type=float, default=0.25, help="multiply trace prompt lengths (default 0.25)")
+    p.add_argument("--output-scale", type=float, default=0.25, help="multiply trace output lengths (default 0.25)")
+    p.add_argument("--min-prompt", type=int, default=4)
+    p.add_argument("--max-prompt", type=int, default=512)
+    p.add_argument("--min-output", type=int, default=2)
+    p.add_argument("--max-output", type=int, default=64)
+
+
+def workload_spec(args) -> WorkloadSpec:
+    """The WorkloadSpec that add_workload_args' flags describe."""
+    shaping = LengthShaping(args.prompt_scale, args.output_scale, args.min_prompt, args.max_prompt, args.min_output, args.max_output)
+    return WorkloadSpec(traces=args.trace or list(DEFAULT_TRACES), num_requests=args.num_requests, seed=args.seed,
+                        shaping=shaping, online_fraction=args.online_fraction)
+
+
 def build_workload(spec: WorkloadSpec, tokenizer: Tokenizer, trace_rows: dict[str, list[TraceRow]] | None = None,
                    builder: PromptBuilder | None = None) -> list[BenchRequest]:
     """The request list every system gets. Same spec and tokenizer -> same list."""
