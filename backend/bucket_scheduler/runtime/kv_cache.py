@@ -206,12 +206,12 @@ class BatchKV:
             self.start = 0
         else:
             self.start = self.end - new_width
-        self._pending_worst = list(worst)
         return self.n, self.end - prompt_width
 
-    def commit_new_rows(self, lengths: list[int]) -> None:
+    def commit_new_rows(self, lengths: list[int], worst: list[int]) -> None:
+        """The new rows are written: `lengths` tokens each, `worst` at most (as placed)."""
         self.lengths.extend(lengths)
-        self.worst.extend(self._pending_worst)
+        self.worst.extend(worst)
         self.n += len(lengths)
 
     def advance(self, t: int = 1) -> None:

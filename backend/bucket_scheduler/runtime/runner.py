@@ -101,7 +101,8 @@ class Runner:
             self.fault_hook("prefill", seqs)
         inputs = [s.input_ids for s in seqs]
         width = max(len(x) for x in inputs)
-        first_row, _ = self.kv.place_new_rows(len(seqs), width, [s.worst_tokens for s in seqs])
+        worst = [s.worst_tokens for s in seqs]
+        first_row, _ = self.kv.place_new_rows(len(seqs), width, worst)
         logits_rows: list[torch.Tensor] = []
         # Row groups bounded by max_prefill_tokens keep activation memory flat.
         i = 0
@@ -115,7 +116,7 @@ class Runner:
             logits_rows.append(self._prefill_group(inputs[i:j], first_row + i, group_w))
             i = j
         logits = torch.cat(logits_rows)
-        self.kv.commit_new_rows([len(x) for x in inputs])
+        self.kv.commit_new_rows([len(x) for x in inputs], worst)
         for s in seqs:
             self._index[s.request_id] = len(self.rows)
             self.rows.append(s)
