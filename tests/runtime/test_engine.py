@@ -243,16 +243,16 @@ def test_extreme_sampling_values_beside_greedy_all_finish(engine):
 
 def test_a_request_whose_sampling_fails_ends_alone(monkeypatch):
     """A failure in one request's own sampling fails that request only and is no engine fault."""
-    import bucket_scheduler.runtime.runner as runner_mod
+    import bucket_scheduler.runtime.sampling as sampling_mod
 
-    real = runner_mod.sample_row
+    real = sampling_mod.sample_row
 
     def flaky(logits, params, generator):
         if params.seed == 13:
             raise RuntimeError("bad row")
         return real(logits, params, generator)
 
-    monkeypatch.setattr(runner_mod, "sample_row", flaky)
+    monkeypatch.setattr(sampling_mod, "sample_row", flaky)
     eng = make_engine(policy="continuous").start()
     try:
         bad = req("bad", PROMPTS[0], sampling=SamplingParams(max_tokens=8, ignore_eos=True, temperature=1.0, seed=13))

@@ -21,7 +21,7 @@ import torch
 
 from .fast_step import lean_step_for
 from .kv_cache import BatchKV
-from .sampling import is_greedy, prepare_logits, sample_row
+from .sampling import choose, prepare_logits
 from .sequence import Sequence
 
 log = logging.getLogger("bucketserve.runner")
@@ -224,7 +224,7 @@ class Runner:
         greedy = logits.argmax(dim=-1).tolist()
         for i, s in enumerate(seqs):
             try:
-                s.append(greedy[i] if is_greedy(s.params) else sample_row(logits[i], s.params, s.generator))
+                s.append(choose(logits, greedy, i, s.params, s.generator))
             except Exception as exc:  # noqa: BLE001
                 log.exception("sampling failed for %s", s.request_id)
                 s.fail(f"sampling failed for this request: {type(exc).__name__}: {exc}")

@@ -75,8 +75,11 @@ def sample(
     """logits: [n, V] (any float dtype). banned[i]: token ids row i may not pick now
     (EOS before min_tokens). Returns one token id per row."""
     logits = prepare_logits(logits, banned)
-    out = logits.argmax(dim=-1).tolist()
-    for i, p in enumerate(params):
-        if not is_greedy(p):
-            out[i] = sample_row(logits[i], p, generators[i])
-    return out
+    greedy = logits.argmax(dim=-1).tolist()
+    return [choose(logits, greedy, i, p, g) for i, (p, g) in enumerate(zip(params, generators))]
+
+
+def choose(logits: torch.Tensor, greedy: list[int], i: int, params: SamplingParams,
+           generator: torch.Generator | None) -> int:
+    """Row i's token from prepared logits: its argmax when greedy, else a draw."""
+    return greedy[i] if is_greedy(params) else sample_row(logits[i], params, generator)
