@@ -40,7 +40,7 @@ class _Entry:
     stream: bool
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
-    parts: list[str] = field(default_factory=list)  # non-streaming: text so far
+    parts: list[str] = field(default_factory=list)  # text not sent yet (non-streaming: all of it)
     cancel_requested: bool = False
 
 
@@ -51,8 +51,9 @@ class Sender:
         engine: Any,
         metrics: Any = None,
         logger: Any = None,
-        cancel_poll_s: float = 0.02,
-        cancel_checks_per_poll: int = 128,
+        cancel_poll_s: float = 0.05,
+        cancel_checks_per_poll: int = 8,
+        max_batch: int = 256,
         stats_every_s: float = 0.25,
         stats_fn: Callable[[], Any] | None = None,
     ):
@@ -63,6 +64,8 @@ class Sender:
         self._cancel_poll_s = cancel_poll_s
         self._cancel_checks_per_poll = max(1, cancel_checks_per_poll)
         self._cancel_cursor = 0
+        self._max_batch = max(1, max_batch)
+        self._behind: dict[str, _Entry] = {}  # streams with deltas queued in this batch
         self._stats_every_s = stats_every_s
         self._stats_fn = stats_fn
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -105,14 +108,23 @@ class Sender:
         while True:
             timeout = max(0.0, min(next_cancel_check, next_stats) - time.monotonic())
             try:
-                item = self._q.get(timeout=timeout)
+                batch = [self._q.get(timeout=timeout)]
             except queue.Empty:
-                item = None
-            if item is not None:
+                batch = []
+            # Whatever else is queued joins this batch: a stream that fell behind gets its
+            # queued deltas in one response instead of one IPC round trip per token.
+            while batch and len(batch) < self._max_batch:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
                 if item[0] is _STOP:
+                    self._flush_behind()
                     self._drain_and_close()
                     return
                 self._guarded(self._handle, item)
+            self._flush_behind()
             now = time.monotonic()
             if now >= next_cancel_check:
                 self._guarded(self._check_cancelled)
@@ -120,6 +132,14 @@ class Sender:
             if now >= next_stats:
                 self._guarded(self._update_stats)
                 next_stats = now + self._stats_every_s
+
+    def _flush_behind(self) -> None:
+        behind, self._behind = self._behind, {}
+        for rid, entry in behind.items():
+            if rid in self._live and entry.parts:
+                text = "".join(entry.parts)
+                entry.parts.clear()
+                self._guarded(self._send, entry, self._response(text_output=text), False)
 
     def _guarded(self, fn, *args, **kwargs) -> None:
         # The thread must survive anything: a dead sender leaves every client waiting forever.
@@ -153,11 +173,10 @@ class Sender:
             return  # already answered (cancel raced with the end, or a shutdown final)
         text = out.delta_text or ""  # the engine puts the prompt in front when asked to
         if not out.finished:
-            if entry.stream:
-                if text:
-                    self._send(entry, self._response(text_output=text), final=False)
-            else:
+            if text:
                 entry.parts.append(text)
+                if entry.stream:
+                    self._behind[out.request_id] = entry  # sent at the end of this batch
             return
 
         # Build the final while the entry is still held, then drop the entry, then send: if
@@ -196,8 +215,7 @@ class Sender:
         if out.finish_reason == FINISH_ERROR:
             message = out.error_message or "the engine failed this request"
             return None, "UNAVAILABLE" if "shut" in message else "INTERNAL", message, "error"
-        if not entry.stream:
-            text = "".join(entry.parts) + text
+        text = "".join(entry.parts) + text  # streams: deltas queued with the final go out with it
         response = self._response(
             text_output=text,
             finish_reason=out.finish_reason or "stop",
