@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from bucket_scheduler.runtime.api import (FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestMetrics, RequestOutput,
+from bucket_scheduler.runtime.api import (ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestMetrics, RequestOutput,
                                           SamplingParams)
 from bucket_scheduler.core.interface import BucketInfo, StepStats
 from bucket_scheduler.serving.metrics import Metrics
@@ -120,6 +120,22 @@ def test_failures_send_an_error_final(setup):
     assert faulted.finals[0].error.code() == pb.TritonError.INTERNAL and "step failed" in faulted.finals[0].error.message()
     for outcome in ("invalid", "rejected", "error"):
         assert metric(metrics, "bucketserve_requests_total", outcome=outcome).value == 1
+
+
+def test_error_code_follows_the_error_kind_not_the_message(setup):
+    """The code comes from the kind the engine set where it made the final: a fault whose
+    message mentions a shutdown stays INTERNAL, a drain final stays UNAVAILABLE."""
+    sender, _, _ = setup
+    internal, drained = pb.ResponseSender(), pb.ResponseSender()
+    sender.register(internal, request("i"))
+    sender.register(drained, request("d"))
+    sender.on_output(RequestOutput("i", finished=True, finish_reason=FINISH_ERROR, error_kind=ERROR_INTERNAL,
+                                   error_message="model step failed: RuntimeError: worker shut down unexpectedly"))
+    sender.on_output(RequestOutput("d", finished=True, finish_reason=FINISH_ERROR, error_kind=ERROR_UNAVAILABLE,
+                                   error_message="request not finished within drain_timeout_s=5"))
+    assert wait_for(lambda: internal.finals and drained.finals)
+    assert internal.finals[0].error.code() == pb.TritonError.INTERNAL
+    assert drained.finals[0].error.code() == pb.TritonError.UNAVAILABLE
 
 
 def test_stop_answers_everything_pending():

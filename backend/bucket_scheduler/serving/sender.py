@@ -28,9 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bucket_scheduler.runtime.api import FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestOutput
+from bucket_scheduler.runtime.api import (ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, GenerationRequest,
+                                          RequestOutput)
 
 _STOP = object()
+# The engine's error kind -> the Triton error code its final carries.
+ERROR_CODES = {ERROR_UNAVAILABLE: "UNAVAILABLE", ERROR_INTERNAL: "INTERNAL"}
 
 
 @dataclass
@@ -195,7 +198,7 @@ class Sender:
             return None, "CANCELLED", "request cancelled", "cancelled"
         if out.finish_reason == FINISH_ERROR:
             message = out.error_message or "the engine failed this request"
-            return None, "UNAVAILABLE" if "shut" in message else "INTERNAL", message, "error"
+            return None, ERROR_CODES.get(out.error_kind, "INTERNAL"), message, "error"
         if not entry.stream:
             text = "".join(entry.parts) + text
         response = self._response(
