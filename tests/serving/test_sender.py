@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from bucket_scheduler.runtime.api import (ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestMetrics, RequestOutput,
-                                          SamplingParams)
+from bucket_scheduler.runtime.api import (ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, GenerationRequest,
+                                          RequestMetrics, RequestOutput, SamplingParams)
 from bucket_scheduler.core.interface import BucketInfo, StepStats
 from bucket_scheduler.serving.metrics import Metrics
 from bucket_scheduler.serving.sender import Sender
