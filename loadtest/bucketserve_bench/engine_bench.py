@@ -273,7 +273,7 @@ def raw_mode(args) -> dict:
              f"{B} sequences, prompt {P} tokens, {steps} decode steps")
     progress(f"prefill {result['prefill_tok_s']:.0f} tok/s, decode {result['decode_tok_s']:.0f} tok/s "
              f"({result['decode_step_ms']:.1f} ms/step); matmul limit now {result['limit_tok_s_now']:.0f} tok/s "
-             f"({peak:.0f} GFLOP/s / {gflop_per_token:.2f} GFLOP per token)"
+             f"({peak:.0f} GFLOP/s / {gflop_per_token:.3g} GFLOP per token)"
              + (f"; HF generate prefill {hf[0]:.0f}, decode {hf[1]:.0f} tok/s" if args.hf else ""))
     return result
 
