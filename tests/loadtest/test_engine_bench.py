@@ -63,3 +63,11 @@ def test_quick_scheduler_and_step_print_one_json_line(capsys):
     r = last_json(capsys)
     assert {(x["variant"], x["rows"]) for x in r["decode"]} == {(v, n) for v in ("hf", "lean") for n in (1, 4)}
     assert all(x["tok_s"] > 0 for x in r["decode"] + r["prefill"])
+
+
+def test_bare_flags_are_the_sweep(capsys):
+    """`bucketserve-bench --flags` (no subcommand) keeps meaning the serving sweep."""
+    for argv in (["--help"], ["sweep", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "bucketserve-bench sweep" in capsys.readouterr().out
