@@ -78,6 +78,8 @@ async def measure(system, client, reqs: list[BenchRequest], offsets: list[float]
     """One run against a started system, with its metrics scraped around it."""
     reqs = for_run(reqs, cfg, f"rate={rate:g}" if rate is not None else mode)
     url = system.metrics_url
+    if url:  # the previous run's (or the warm-up's) last counters must not land in this one
+        await settle(url, cfg.settle_timeout_s)
     before = await asyncio.to_thread(scrape.scrape, url) if url else {}
     samples: dict[str, list[float]] = {}
     stop = asyncio.Event()

@@ -138,6 +138,32 @@ def test_error_code_follows_the_error_kind_not_the_message(setup):
     assert drained.finals[0].error.code() == pb.TritonError.UNAVAILABLE
 
 
+def test_in_flight_drops_only_after_the_counters_are_in():
+    """A benchmark that waits for zero in flight, then reads the token counters, must see the
+    last request's tokens: the gauge goes down after the counters go up."""
+    calls = []
+
+    class Recording(Metrics):
+        def request_done(self, *args, **kwargs):
+            calls.append("request_done")
+            super().request_done(*args, **kwargs)
+
+        def set_inflight(self, n):
+            calls.append(f"set_inflight({n})")
+            super().set_inflight(n)
+
+    sender = Sender(pb, FakeEngine(), Recording(pb, "m", "1"), cancel_poll_s=0.005, stats_every_s=60)
+    sender.start()
+    try:
+        rs = pb.ResponseSender()
+        sender.register(rs, request("x"))
+        sender.on_output(RequestOutput("x", delta_text="hi", finished=True, finish_reason="length", num_output_tokens=1))
+        assert wait_for(lambda: "set_inflight(0)" in calls)
+        assert calls.index("request_done") < calls.index("set_inflight(0)")
+    finally:
+        sender.stop()
+
+
 def test_stop_answers_everything_pending():
     sender = Sender(pb, FakeEngine(), None)
     sender.start()

@@ -180,7 +180,6 @@ class Sender:
                 outcome = "error"
         else:
             self._send_error(entry.response_sender, code, message)
-        self._guarded(self._set_inflight)
         if self._metrics:
             self._guarded(
                 self._metrics.request_done,
@@ -191,6 +190,8 @@ class Sender:
                 slo_ttft_ms=entry.slo_ttft_ms,
                 slo_tpot_ms=entry.slo_tpot_ms,
             )
+        # After the counters: whoever sees no request in flight sees their tokens counted too.
+        self._guarded(self._set_inflight)
 
     def _final_for(self, entry: _Entry, out: RequestOutput, text: str) -> tuple[Any, str, str, str]:
         """(success response or None, error code, error message, outcome) of a finished request."""
