@@ -187,7 +187,7 @@ class ServerHandle:
             return None
 
     def kill_group(self) -> None:
-        """SIGKILL the server's whole process group at once (the fault the cluster must survive)."""
+        """SIGKILL the server's whole process group at once, no drain (a crash, as the cluster tests it)."""
         stop_group(self.process, 0, terminate_group=False)
 
     def stop(self, timeout_s: float | None = None) -> int | None:
