@@ -31,11 +31,17 @@ class StreamChunk:
 
 
 class RequestFailed(Exception):
-    """The server answered the request with an error (its message is the model's or Triton's)."""
+    """The server answered the request with an error (its message is the model's or Triton's);
+    `code` is its gRPC status code name (INVALID_ARGUMENT, UNAVAILABLE, INTERNAL, ...) when known."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
-        self.message = message
+        self.message, self.code = message, code
+
+
+# Asks Triton to end a failed stream with the error's code as the gRPC status, instead of an
+# error message alone in the stream (which carries no code).
+STATUS_HEADERS = {"triton_grpc_error": "true"}
 
 
 class AsyncGrpcClient:
@@ -82,25 +88,25 @@ class AsyncGrpcClient:
 
         import grpc
 
-        responses = self._triton().stream_infer(requests())
+        responses = self._triton().stream_infer(requests(), headers=STATUS_HEADERS)
         finished = False
         try:
             try:
                 async for result, error in responses:
                     if error is not None:
                         finished = True
-                        raise RequestFailed(error.message() if hasattr(error, "message") else str(error))
+                        raise RequestFailed(error.message() if hasattr(error, "message") else str(error), "UNKNOWN")
                     chunk = _chunk(result)
                     finished = chunk.final
                     yield chunk
                     if finished:
                         return
-            except grpc.RpcError as exc:  # the stream itself broke (server gone, not reachable)
+            except grpc.RpcError as exc:  # the request's error, or the stream itself broke (server gone)
                 finished = True
                 code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
-                raise RequestFailed(f"{code}: {exc.details() if hasattr(exc, 'details') else exc}") from None
+                raise RequestFailed(exc.details() if hasattr(exc, "details") else str(exc), code) from None
             finished = True
-            raise RequestFailed("UNAVAILABLE: the server closed the stream before the final response")
+            raise RequestFailed("the server closed the stream before the final response", "UNAVAILABLE")
         finally:
             done.set()
             if not finished:
@@ -123,7 +129,7 @@ class AsyncGrpcClient:
                     result.finish_reason = chunk.finish_reason
                     result.num_input_tokens, result.num_output_tokens = chunk.num_input_tokens, chunk.num_output_tokens
         except RequestFailed as exc:
-            result.status, result.error = "error", exc.message
+            result.status, result.error, result.error_code = "error", exc.message, exc.code
         result.text = "".join(parts)
         result.e2e_s = time.perf_counter() - start
         if first is not None:

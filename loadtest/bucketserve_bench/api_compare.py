@@ -97,7 +97,7 @@ async def compare(args, handle, reqs, builder) -> dict:
 
 def main(argv=None) -> int:
     from bucket_scheduler.runtime.models import resolve_model
-    from bucket_scheduler.serving.launcher import start_server
+    from bucket_scheduler.serving.launcher import ServerOptions, start_server
 
     args = parse_args(argv)
     model_dir = resolve_model(args.model_dir or ("tiny" if args.model == "bucketserve_tiny" else None))
@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     builder = PromptBuilder(load_tokenizer(model_dir))
     reqs = build_workload(spec, builder.tokenizer, builder=builder)
     params = {"policy": args.policy, "model_dir": str(model_dir)}
-    handle = start_server(models=[args.model], overrides={args.model: params}, http_port=0, grpc_port=0, metrics_port=0, openai_port=0)
+    handle = start_server(ServerOptions(models=[args.model], overrides={args.model: params}, http_port=0, grpc_port=0,
+                                        metrics_port=0, openai_port=0))
     try:
         out = asyncio.run(compare(args, handle, reqs, builder))
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -77,6 +78,8 @@ async def measure(system, client, reqs: list[BenchRequest], offsets: list[float]
     """One run against a started system, with its metrics scraped around it."""
     reqs = for_run(reqs, cfg, f"rate={rate:g}" if rate is not None else mode)
     url = system.metrics_url
+    if url:  # the previous run's (or the warm-up's) last counters must not land in this one
+        await settle(url, cfg.settle_timeout_s)
     before = await asyncio.to_thread(scrape.scrape, url) if url else {}
     samples: dict[str, list[float]] = {}
     stop = asyncio.Event()
@@ -220,9 +223,9 @@ async def run_all(systems: list[tuple[object, str]], reqs: list[BenchRequest], c
         for system, kind in systems:
             done_before = bar.n
             try:
-                results.append(await run_system(system, kind, reqs, cfg, slo_box, slo, bar, log=lambda m: bar.write(str(m))))
+                results.append(await run_system(system, kind, reqs, cfg, slo_box, slo, bar, log=lambda m: bar.write(str(m), file=sys.stderr)))
             except Exception as exc:
-                bar.write(f"[bench] {system.name} failed: {type(exc).__name__}: {exc}")
+                bar.write(f"[bench] {system.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 results.append(SystemResult(system.name, kind, skipped=f"failed: {type(exc).__name__}: {exc}"))
                 bar.update(max(0, done_before + per_system - bar.n))
     return results, slo_box

@@ -1,8 +1,13 @@
-"""bucketserve-bench: open-loop rate sweeps of BucketServe's policies (and vLLM on CPU).
+"""bucketserve-bench: every benchmark of BucketServe, one subcommand each (docs/benchmarks.md).
 
-    bucketserve-bench --quick                        # smoke test, tiny model, < 2 minutes
-    bucketserve-bench --rates 0.25,0.5,1,2 --vllm    # full comparison, see docs/benchmarks.md
-    bucketserve-bench sim --scenario paper --json     # the paper's comparisons, simulated (docs/simulator.md)
+    bucketserve-bench sweep --quick                    # serving sweep: smoke test, tiny model, < 2 minutes
+    bucketserve-bench sweep --rates 0.25,0.5,1,2 --vllm   # full comparison (a bare `bucketserve-bench ...` is `sweep`)
+    bucketserve-bench engine [--raw] [--set KEY=VALUE]  # the torch engine in-process: trace replay or raw speed
+    bucketserve-bench scheduler                        # decision time of one schedule() call
+    bucketserve-bench step                             # the model step: transformers' forward vs the lean step
+    bucketserve-bench sim --scenario paper --json      # the paper's comparisons, simulated (docs/simulator.md)
+
+Each takes --quick (a short smoke run) and --json (one JSON object on the last line of stdout).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import signal
 import sys
 import time
@@ -31,7 +37,7 @@ QUICK = dict(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bucketserve-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="bucketserve-bench sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("workload")
     add_workload_args(g)
     g = p.add_argument_group("systems")
@@ -62,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("output")
     g.add_argument("--out", default="bench-results", help="output directory (default bench-results/)")
     g.add_argument("--quick", action="store_true", help="smoke mode: tiny model, short sweep, sanity checks (< 2 minutes)")
+    g.add_argument("--json", action="store_true", help="the report as one JSON line, the last line of stdout (the rest to stderr)")
     args = p.parse_args(argv)
     if args.quick:
         defaults = p.parse_args([])
@@ -81,16 +88,22 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt  # unwinds through the finally blocks that stop the servers
 
 
-# Subcommands; anything else is the serving sweep's flags.
-SUBCOMMANDS = {"sim": "bucketserve_bench.sim"}
+# Subcommands; no subcommand (flags only) is `sweep`, so older command lines keep working.
+SUBCOMMANDS = {"sweep": "bucketserve_bench.cli", "engine": "bucketserve_bench.engine_bench",
+               "scheduler": "bucketserve_bench.scheduler_bench", "step": "bucketserve_bench.step_bench",
+               "sim": "bucketserve_bench.sim"}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] in SUBCOMMANDS and argv[0] != "sweep":
         import importlib
 
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    return sweep(argv[1:] if argv and argv[0] == "sweep" else argv)
+
+
+def sweep(argv) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
@@ -158,18 +171,21 @@ def main(argv=None) -> int:
     if any(kind == "vllm" for _, kind in systems):
         report["machine"]["vllm"] = vllm_version(Path(args.vllm_python))
     rep.write_json(out / "results.json", report)
-    (out / "per_request.json").write_text(__import__("json").dumps({r.name: r.results for r in results}))
+    (out / "per_request.json").write_text(json.dumps({r.name: r.results for r in results}))
     md = rep.markdown(report)
     (out / "report.md").write_text(md)
     pngs = rep.plots(report, out)
-    print(md)
-    print(f"[bench] wrote {out / 'results.json'}, {out / 'report.md'}, {', '.join(str(p) for p in pngs)} in {time.time() - started:.0f}s")
+    text = sys.stderr if args.json else sys.stdout
+    print(md, file=text)
+    print(f"[bench] wrote {out / 'results.json'}, {out / 'report.md'}, {', '.join(str(p) for p in pngs)} in {time.time() - started:.0f}s", file=text)
     if args.quick:
         problems = sanity_problems(report, {r.name: r.results for r in results}, pngs)
         if problems:
             print("[bench] quick-mode sanity checks FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
             return 1
-        print("[bench] quick-mode sanity checks passed")
+        print("[bench] quick-mode sanity checks passed", file=text)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "workload"}, default=str))
     return 0
 
 

@@ -12,114 +12,64 @@ import asyncio
 import json
 import time
 
-import numpy as np
+from bucketserve_client import AsyncGrpcClient, RequestFailed
 
 from .metrics import RequestResult
 from .workload import BenchRequest
 
 
-def _bytes_tensor(grpcclient, name: str, value: str):
-    t = grpcclient.InferInput(name, [1], "BYTES")
-    t.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
-    return t
+async def timed(read, res: RequestResult, timeout_s: float) -> None:
+    """Run one request's reader under the timeout; a failure is this request's error, not the run's."""
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        res.error = f"timed out after {timeout_s:.0f}s"
+    except RequestFailed as exc:
+        res.error = exc.message
+    except Exception as exc:  # a transport error is one failed request, not a failed run
+        res.error = f"{type(exc).__name__}: {exc}"
+    if res.error is None and res.e2e_s is None:
+        res.error = "stream ended without a final response"
+    if res.output_tokens == 0:
+        res.output_tokens = len(res.token_times)
 
 
-def _tensor(grpcclient, name: str, value, dtype: str, np_dtype):
-    t = grpcclient.InferInput(name, [1], dtype)
-    t.set_data_from_numpy(np.array([value], dtype=np_dtype))
-    return t
-
-
-def _scalar(result, name: str):
-    arr = result.as_numpy(name)
-    if arr is None or arr.size == 0:
-        return None
-    v = arr.reshape(-1)[0]
-    return v.decode() if isinstance(v, bytes) else v
+def got_text(res: RequestResult, now: float) -> None:
+    res.token_times.append(now)
+    if res.ttft_s is None:
+        res.ttft_s = now
 
 
 class TritonGrpcClient:
-    """Triton gRPC bidirectional streaming (tritonclient.grpc.aio), one stream per request."""
+    """Triton gRPC streaming through our own client library (bucketserve_client.AsyncGrpcClient)."""
 
     protocol = "triton-grpc"
 
     def __init__(self, url: str, model: str = "bucketserve", send_slo: bool = True):
-        import tritonclient.grpc.aio as grpcclient
-
-        self._mod = grpcclient
-        self.client = grpcclient.InferenceServerClient(url)
-        self.model = model
+        self.client = AsyncGrpcClient(url, model)
         self.send_slo = send_slo
 
-    def _inputs(self, req: BenchRequest) -> list:
-        g = self._mod
-        inputs = [
-            _bytes_tensor(g, "text_input", req.prompt),
-            _tensor(g, "max_tokens", req.output_tokens, "INT32", np.int32),
-            _tensor(g, "min_tokens", req.output_tokens, "INT32", np.int32),
-            _tensor(g, "ignore_eos", True, "BOOL", bool),
-            _tensor(g, "stream", True, "BOOL", bool),
-            _tensor(g, "temperature", 0.0, "FP32", np.float32),
-            _bytes_tensor(g, "request_class", "online" if req.online else "offline"),
-        ]
-        if self.send_slo and req.slo_ttft_ms is not None:
-            inputs.append(_tensor(g, "slo_ttft_ms", req.slo_ttft_ms, "FP32", np.float32))
-        if self.send_slo and req.slo_tpot_ms is not None:
-            inputs.append(_tensor(g, "slo_tpot_ms", req.slo_tpot_ms, "FP32", np.float32))
-        return inputs
+    def fields(self, req: BenchRequest) -> dict:
+        fields = dict(max_tokens=req.output_tokens, min_tokens=req.output_tokens, ignore_eos=True, temperature=0.0,
+                      request_class="online" if req.online else "offline")
+        if self.send_slo:
+            fields.update(slo_ttft_ms=req.slo_ttft_ms, slo_tpot_ms=req.slo_tpot_ms)  # None: not sent
+        return fields
 
     async def send(self, req: BenchRequest, res: RequestResult, timeout_s: float) -> None:
-        done = asyncio.Event()
-        request = {"model_name": self.model, "inputs": self._inputs(req), "request_id": f"bench-{req.index}"}
-
-        async def one_request():
-            yield request
-            await done.wait()  # keep the stream open until the final response
-
         t0 = time.perf_counter()
-        stream = self.client.stream_infer(one_request())
-        counted = 0
-        async def read():
-            nonlocal counted
-            async for result, error in stream:
-                now = time.perf_counter() - t0
-                if error is not None:
-                    res.error = str(error)
-                    return
-                text = _scalar(result, "text_output")
-                if text:
-                    counted += 1
-                    res.token_times.append(now)
-                    if res.ttft_s is None:
-                        res.ttft_s = now
-                n_out = _scalar(result, "num_output_tokens")
-                if n_out is not None:
-                    res.output_tokens = int(n_out)
-                n_in = _scalar(result, "num_input_tokens")
-                if n_in is not None:
-                    res.server_prompt_tokens = int(n_in)
-                reason = _scalar(result, "finish_reason")
-                params = result.get_response().parameters
-                final = "triton_final_response" in params and params["triton_final_response"].bool_param
-                if final or reason:
-                    if reason == "error":
-                        res.error = "server finished the request with an error"
-                    res.e2e_s = now
-                    return
 
-        try:
-            await asyncio.wait_for(read(), timeout_s)
-        except asyncio.TimeoutError:
-            res.error = f"timed out after {timeout_s:.0f}s"
-            stream.cancel()
-        except Exception as exc:  # a transport error is one failed request, not a failed run
-            res.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            done.set()
-        if res.error is None and res.e2e_s is None:
-            res.error = "stream ended without a final response"
-        if res.output_tokens == 0:
-            res.output_tokens = counted
+        async def read():
+            async for chunk in self.client.stream(req.prompt, stream=True, **self.fields(req)):
+                now = time.perf_counter() - t0
+                if chunk.text:
+                    got_text(res, now)
+                if chunk.final:
+                    res.output_tokens = chunk.num_output_tokens or 0
+                    res.server_prompt_tokens = chunk.num_input_tokens
+                    res.e2e_s = now
+
+        await timed(read, res, timeout_s)  # a timeout cancels the stream, which cancels the request
 
     async def close(self) -> None:
         await self.client.close()
@@ -163,10 +113,8 @@ class OpenAICompletionsClient:
 
     async def send(self, req: BenchRequest, res: RequestResult, timeout_s: float) -> None:
         t0 = time.perf_counter()
-        counted = 0
 
         async def read():
-            nonlocal counted
             async with self.session.post(self.url, json=self.body(req)) as resp:
                 if resp.status != 200:
                     res.error = f"HTTP {resp.status}: {(await resp.text())[:300]}"
@@ -183,25 +131,13 @@ class OpenAICompletionsClient:
                     now = time.perf_counter() - t0
                     for choice in chunk.get("choices") or []:
                         if choice.get("text"):
-                            counted += 1
-                            res.token_times.append(now)
-                            if res.ttft_s is None:
-                                res.ttft_s = now
+                            got_text(res, now)
                     usage = chunk.get("usage")
                     if usage:
                         res.output_tokens = int(usage.get("completion_tokens", 0))
                         res.server_prompt_tokens = int(usage.get("prompt_tokens", 0))
 
-        try:
-            await asyncio.wait_for(read(), timeout_s)
-        except asyncio.TimeoutError:
-            res.error = f"timed out after {timeout_s:.0f}s"
-        except Exception as exc:
-            res.error = f"{type(exc).__name__}: {exc}"
-        if res.error is None and res.e2e_s is None:
-            res.error = "stream ended without [DONE]"
-        if res.output_tokens == 0:
-            res.output_tokens = counted
+        await timed(read, res, timeout_s)
 
     async def close(self) -> None:
         await self.session.close()

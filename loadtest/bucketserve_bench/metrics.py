@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from bucket_scheduler.core.stats import percentile
 
 
 @dataclass
@@ -47,16 +48,6 @@ class RequestResult:
         if self.slo_tpot_ms is not None and (self.tpot_s is None or self.tpot_s * 1000 > self.slo_tpot_ms):
             return False
         return True
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in [0, 100]); None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 @dataclass

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bucket_scheduler.serving.process_group import stop_group
 
 from .clients import OpenAICompletionsClient, TritonGrpcClient
 
@@ -47,7 +48,7 @@ class OurServer:
         return self.handle.metrics_url if self.handle else None
 
     def start(self, log=print) -> None:
-        from bucket_scheduler.serving.launcher import start_server
+        from bucket_scheduler.serving.launcher import ServerOptions, start_server
 
         params = {"policy": self.policy, **{k: str(v) for k, v in self.overrides.items()}}
         if self.model_dir:
@@ -56,16 +57,9 @@ class OurServer:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_file = self.log_dir / f"tritonserver-{self.name}.log"
-        self.handle = start_server(
-            models=[self.model],
-            overrides={self.model: params},
-            http_port=0,
-            grpc_port=0,
-            metrics_port=0,
-            log_file=log_file,
-            log=log,
-            openai_port=0 if self.api == "openai" else None,
-        )
+        self.handle = start_server(ServerOptions(models=[self.model], overrides={self.model: params}, http_port=0, grpc_port=0,
+                                                 metrics_port=0, log_file=log_file,
+                                                 openai_port=0 if self.api == "openai" else None), log=log)
 
     def client(self) -> TritonGrpcClient | OpenAICompletionsClient:
         if self.api == "openai":
@@ -152,17 +146,9 @@ class VllmServer:
         return OpenAICompletionsClient(f"http://127.0.0.1:{self.port}", self.served_name)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
-        self.proc = None
+        if self.proc is not None:
+            stop_group(self.proc, 30)
+            self.proc = None
 
 
 def vllm_version(python: Path) -> str | None:

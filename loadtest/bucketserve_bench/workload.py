@@ -10,35 +10,18 @@ stretched to the rate, so runs differ only in the system and the rate.
 
 from __future__ import annotations
 
-import csv
 import random
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from bucket_scheduler.core.stats import percentile
+from bucket_scheduler.core.trace import TraceRow, load_trace
+
 # The traces shipped in the repository's data/ folder; the CLI's --trace overrides them.
 _DATA = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_TRACES = (str(_DATA / "azure_llm_2023_conv.csv"), str(_DATA / "azure_llm_2023_code.csv"))
-
-
-@dataclass(frozen=True)
-class TraceRow:
-    prompt_tokens: int
-    output_tokens: int
-    source: str  # file stem, e.g. "azure_llm_2023_conv"
-
-
-def read_trace(path: str | Path) -> list[TraceRow]:
-    """Rows of an Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)."""
-    path = Path(path)
-    rows = []
-    with path.open(newline="") as f:
-        for rec in csv.DictReader(f):
-            rows.append(TraceRow(int(rec["ContextTokens"]), int(rec["GeneratedTokens"]), path.stem))
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
 
 
 @dataclass
@@ -53,8 +36,8 @@ class LengthShaping:
     max_output: int = 256
 
     def apply(self, row: TraceRow) -> tuple[int, int]:
-        p = round(row.prompt_tokens * self.prompt_scale)
-        o = round(row.output_tokens * self.output_scale)
+        p = round(row.prompt_len * self.prompt_scale)
+        o = round(row.output_len * self.output_scale)
         return (min(max(p, self.min_prompt), self.max_prompt), min(max(o, self.min_output), self.max_output))
 
     def describe(self) -> str:
@@ -181,7 +164,7 @@ def build_workload(spec: WorkloadSpec, tokenizer: Tokenizer, trace_rows: dict[st
                    builder: PromptBuilder | None = None) -> list[BenchRequest]:
     """The request list every system gets. Same spec and tokenizer -> same list."""
     if trace_rows is None:
-        trace_rows = {str(t): read_trace(t) for t in spec.traces}
+        trace_rows = {str(t): load_trace(t) for t in spec.traces}
     builder = builder or PromptBuilder(tokenizer)
     class_rng = random.Random(f"{spec.seed}-class")
     text_rng = random.Random(f"{spec.seed}-text")
@@ -236,18 +219,14 @@ def apply_slo(reqs: list[BenchRequest], slo_ttft_ms: float, slo_tpot_ms: float) 
 def summarize(reqs: list[BenchRequest]) -> dict:
     """Length statistics for the report."""
 
-    def pct(vals: list[int], q: float) -> int:
-        s = sorted(vals)
-        return s[min(len(s) - 1, int(q * len(s)))]
-
     p = [r.prompt_tokens for r in reqs]
     o = [r.output_tokens for r in reqs]
     return {
         "num_requests": len(reqs),
         "online": sum(r.online for r in reqs),
         "offline": sum(not r.online for r in reqs),
-        "prompt_tokens": {"mean": sum(p) / len(p), "p50": pct(p, 0.5), "p90": pct(p, 0.9), "max": max(p)},
-        "output_tokens": {"mean": sum(o) / len(o), "p50": pct(o, 0.5), "p90": pct(o, 0.9), "max": max(o)},
+        "prompt_tokens": {"mean": sum(p) / len(p), "p50": percentile(p, 50), "p90": percentile(p, 90), "max": max(p)},
+        "output_tokens": {"mean": sum(o) / len(o), "p50": percentile(o, 50), "p90": percentile(o, 90), "max": max(o)},
         "by_source": {s: sum(r.source == s for r in reqs) for s in sorted({r.source for r in reqs})},
     }
 

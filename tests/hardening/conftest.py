@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bucket_scheduler.serving.launcher import start_server
+from bucket_scheduler.serving.launcher import ServerOptions, start_server
 
 from .helpers import ServerUnderTest
 
@@ -44,9 +44,9 @@ def launch(tmp_path_factory, name: str, settings: dict[str, str], env: dict[str,
     with pytest.MonkeyPatch.context() as mp:  # the server (and its stub) inherit the environment
         for k, v in (env or {}).items():
             mp.setenv(k, v)
-        handle = start_server(models=[MODEL], overrides=overrides, host="127.0.0.1", http_port=0, grpc_port=0,
-                              metrics_port=0, run_dir=run_dir, exit_timeout_s=exit_timeout_s, ready_timeout_s=300,
-                              log=lambda _m: None, openai_port=openai_port)
+        handle = start_server(ServerOptions(models=[MODEL], overrides=overrides, host="127.0.0.1", http_port=0, grpc_port=0,
+                                            metrics_port=0, run_dir=run_dir, exit_timeout_s=exit_timeout_s, ready_timeout_s=300,
+                                            openai_port=openai_port), log=lambda _m: None)
     return ServerUnderTest(handle, MODEL, probe_file, {k: _number(v) for k, v in settings.items()})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bucket_scheduler.serving.launcher import ServerError, start_server
+from bucket_scheduler.serving.launcher import ServerError, ServerOptions, start_server
 
 MODELS = ["bucketserve", "bucketserve_tiny"]
 
@@ -16,9 +16,10 @@ def server(tmp_path_factory):
     handle = None
     for attempt in range(2):  # a free port can be taken by another process before the server binds it
         try:
-            handle = start_server(models=MODELS, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
-                                  run_dir=tmp_path_factory.mktemp("triton-run"), exit_timeout_s=10, ready_timeout_s=600,
-                                  openai_port=0)  # the OpenAI-compatible API too, on a free port
+            handle = start_server(ServerOptions(
+                models=MODELS, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
+                run_dir=tmp_path_factory.mktemp("triton-run"), exit_timeout_s=10, ready_timeout_s=600,
+                openai_port=0))  # the OpenAI-compatible API too, on a free port
             break
         except ServerError as exc:
             if attempt or "in use" not in str(exc).lower():

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bucket_scheduler.serving.launcher import start_server
+from bucket_scheduler.serving.launcher import ServerOptions, start_server
 from bucketserve_client import GrpcClient
 
 
@@ -16,9 +16,9 @@ PROMPTS = [f"Write one sentence about the number {i} and the weather" + ", pleas
 
 @pytest.fixture(scope="module")
 def invariant_server(tmp_path_factory):
-    handle = start_server(models=["bucketserve"], host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
-                          overrides={"bucketserve": {"batch_invariant": "true", "max_model_len": "256"}},
-                          run_dir=tmp_path_factory.mktemp("invariant-run"), exit_timeout_s=10, ready_timeout_s=600)
+    handle = start_server(ServerOptions(models=["bucketserve"], host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
+                                        overrides={"bucketserve": {"batch_invariant": "true", "max_model_len": "256"}},
+                                        run_dir=tmp_path_factory.mktemp("invariant-run"), exit_timeout_s=10, ready_timeout_s=600))
     try:
         yield handle
     finally:

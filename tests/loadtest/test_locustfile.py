@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
-    from bucket_scheduler.serving.launcher import start_server
+    from bucket_scheduler.serving.launcher import ServerOptions, start_server
 
-    handle = start_server(models=["bucketserve_tiny"], http_port=0, grpc_port=0, metrics_port=0,
-                          run_dir=tmp_path_factory.mktemp("locust-run"), exit_timeout_s=10)
+    handle = start_server(ServerOptions(models=["bucketserve_tiny"], http_port=0, grpc_port=0, metrics_port=0,
+                                        run_dir=tmp_path_factory.mktemp("locust-run"), exit_timeout_s=10))
     try:
         yield handle
     finally:

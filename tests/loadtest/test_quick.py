@@ -16,11 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_quick_mode_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "bucketserve_bench.cli", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bucketserve_bench.cli", "sweep", "--quick", "--json", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "sanity checks passed" in proc.stdout
+    assert "sanity checks passed" in proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])  # --json: one object, the last line of stdout
+    assert set(last["ratios"]) >= {"static"} and last["headline"]
     report = json.loads((out / "results.json").read_text())
     names = [s["name"] for s in report["systems"] if not s.get("skipped")]
     assert names == ["bucket", "static"]

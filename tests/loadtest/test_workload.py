@@ -6,15 +6,14 @@ import random
 
 import pytest
 
+from bucket_scheduler.core.trace import TraceRow, load_trace
 from bucketserve_bench.workload import (
     LengthShaping,
     PromptBuilder,
-    TraceRow,
     WorkloadSpec,
     apply_slo,
     build_workload,
     poisson_offsets,
-    read_trace,
     sample_lengths,
 )
 
@@ -50,7 +49,7 @@ WORDS += ["X", " Capital", " a1"]  # not lowercase-word tokens: must stay out of
 
 
 def rows(n: int, source: str, base: int) -> list[TraceRow]:
-    return [TraceRow(base + 7 * i, 1 + i % 50, source) for i in range(n)]
+    return [TraceRow(0.0, base + 7 * i, 1 + i % 50, source) for i in range(n)]
 
 
 TRACES = {"conv": rows(300, "conv", 10), "code": rows(200, "code", 2000)}
@@ -59,14 +58,14 @@ TRACES = {"conv": rows(300, "conv", 10), "code": rows(200, "code", 2000)}
 def test_read_trace(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n2023-11-16 18:15:50.99,396,109\n")
-    assert read_trace(p) == [TraceRow(374, 44, "t"), TraceRow(396, 109, "t")]
+    assert [(r.prompt_len, r.output_len, r.source) for r in load_trace(p)] == [(374, 44, "t"), (396, 109, "t")]
 
 
 def test_shaping_scales_then_clips():
     s = LengthShaping(prompt_scale=0.5, output_scale=0.1, min_prompt=8, max_prompt=100, min_output=2, max_output=30)
-    assert s.apply(TraceRow(60, 200, "x")) == (30, 20)
-    assert s.apply(TraceRow(4, 5, "x")) == (8, 2)
-    assert s.apply(TraceRow(10_000, 10_000, "x")) == (100, 30)
+    assert s.apply(TraceRow(0.0, 60, 200, "x")) == (30, 20)
+    assert s.apply(TraceRow(0.0, 4, 5, "x")) == (8, 2)
+    assert s.apply(TraceRow(0.0, 10_000, 10_000, "x")) == (100, 30)
     assert "x0.5" in s.describe() and "[8, 100]" in s.describe()
 
 
@@ -88,7 +87,7 @@ def test_workload_is_seeded_and_mixed():
     assert [(r.prompt, r.prompt_tokens, r.output_tokens, r.online) for r in a] == [(r.prompt, r.prompt_tokens, r.output_tokens, r.online) for r in b]
     assert {r.source for r in a} == {"conv", "code"}
     assert 10 < sum(r.online for r in a) < 70
-    valid = {(row.prompt_tokens, row.output_tokens) for rs in TRACES.values() for row in rs}
+    valid = {(row.prompt_len, row.output_len) for rs in TRACES.values() for row in rs}
     assert all((r.prompt_tokens, r.output_tokens) in valid for r in a)  # lengths come from the trace
     assert all(len(tok.encode(r.prompt)) == r.prompt_tokens for r in a)
     other = build_workload(WorkloadSpec(traces=("conv", "code"), num_requests=80, seed=4, shaping=spec.shaping), tok, TRACES)

@@ -209,7 +209,7 @@ def test_model_fault_fails_only_that_batch_and_keeps_serving():
         reasons = {sink.final(f"f{i}").finish_reason for i in range(3)}
         assert "error" in reasons
         errs = [sink.final(f"f{i}") for i in range(3) if sink.final(f"f{i}").finish_reason == "error"]
-        assert all("injected fault" in e.error_message for e in errs)
+        assert all("injected fault" in e.error_message and e.error_kind == "internal" for e in errs)
         assert eng.healthy
         # Later requests are served normally.
         sink = run_all(eng, [req("after", PROMPTS[0], max_tokens=8)])
@@ -305,7 +305,7 @@ def test_overloaded_when_queue_full_and_when_shutting_down():
     # The two queued requests got their one final each (error: shut down).
     for rid in ("q1", "q2"):
         fin = sink.final(rid)
-        assert fin.finish_reason == "error" and "shut down" in fin.error_message
+        assert fin.finish_reason == "error" and "shut down" in fin.error_message and fin.error_kind == "unavailable"
     with pytest.raises(Overloaded, match="shutting down"):
         eng.submit(req("q4", "hi"), sink)
 

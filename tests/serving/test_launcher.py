@@ -78,3 +78,46 @@ def test_stale_shm_regions_are_removed_but_mapped_ones_kept():
         for p in (live, stale):
             if p.exists():
                 p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_handle_close_kills_the_group_members_that_outlive_the_server(tmp_path):
+    """A stub that outlives tritonserver must not linger: close() kills the whole group (one
+    helper), then stops the front end and removes the temporary run dir."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from bucket_scheduler.serving.launcher import ServerHandle
+
+    pid_file = tmp_path / "child"
+    script = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))")  # the leader exits at once, its child stays
+    leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    leader.wait(30)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+
+    class Frontend:
+        stopped = False
+
+        def stop(self):
+            Frontend.stopped = True
+
+    tmp = tempfile.TemporaryDirectory()
+    handle = ServerHandle(leader, "127.0.0.1", 1, 2, 3, tmp_path, None, ["m"], 5, tmp, frontend=Frontend())
+    assert handle.stop(timeout_s=5) == 0
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    assert Frontend.stopped and not Path(tmp.name).exists() and (tmp_path / "draining").exists()

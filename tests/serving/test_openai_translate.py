@@ -69,19 +69,25 @@ def test_chat_shape_errors(body):
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("message, status, param", [
-    ("max_tokens: must be between 1 and max_model_len (2048), got 0", 400, "max_completion_tokens"),
-    ("top_p must be in (0, 1], got 0.0", 400, "top_p"),
-    ("text_input: must not be empty", 400, "messages"),
-    ("prompt is 3000 tokens and max_tokens 16: together more than max_model_len 2048; shorten the prompt", 400, "messages"),
-    ("queue full: 12 requests waiting, the limit is 12 (max_queue_requests=24); retry later", 503, None),
-    ("engine is shutting down; not accepting requests", 503, None),
-    ("server is shutting down; request not completed", 503, None),
-    ("model step failed: RuntimeError: boom", 500, None),
-    ("UNAVAILABLE: failed to connect to all addresses", 503, None),
+@pytest.mark.parametrize("message, code, status, param", [
+    ("max_tokens: must be between 1 and max_model_len (2048), got 0", "INVALID_ARGUMENT", 400, "max_completion_tokens"),
+    ("top_p must be in (0, 1], got 0.0", "INVALID_ARGUMENT", 400, "top_p"),
+    ("text_input: must not be empty", "INVALID_ARGUMENT", 400, "messages"),
+    ("prompt is 3000 tokens and max_tokens 16: together more than max_model_len 2048; shorten the prompt",
+     "INVALID_ARGUMENT", 400, "messages"),
+    ("queue full: 12 requests waiting, the limit is 12 (max_queue_requests=24); retry later", "UNAVAILABLE", 503, None),
+    ("engine is shutting down; not accepting requests", "UNAVAILABLE", 503, None),
+    ("server is shutting down; request not completed", "UNAVAILABLE", 503, None),
+    ("model step failed: RuntimeError: boom", "INTERNAL", 500, None),
+    ("failed to connect to all addresses", "UNAVAILABLE", 503, None),
+    # The code decides, not the words: a fault that mentions a shutdown stays a 500, and a
+    # refusal whose text names no marker is still a 503.
+    ("model step failed: RuntimeError: worker is shutting down", "INTERNAL", 500, None),
+    ("try again in a moment", "UNAVAILABLE", 503, None),
+    ("something odd", "UNKNOWN", 500, None),
 ])
-def test_model_errors_map_to_statuses(message, status, param):
-    err = from_model_error(message, {"max_tokens": "max_completion_tokens", "text_input": "messages", "top_p": "top_p"})
+def test_model_errors_map_to_statuses(message, code, status, param):
+    err = from_model_error(message, code, {"max_tokens": "max_completion_tokens", "text_input": "messages", "top_p": "top_p"})
     assert (err.status, err.param) == (status, param)
     assert message in err.body()["error"]["message"]
     assert ("Retry-After" in err.headers()) == (status == 503)

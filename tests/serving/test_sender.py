@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from bucket_scheduler.runtime.api import (FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestMetrics, RequestOutput,
-                                          SamplingParams)
+from bucket_scheduler.runtime.api import (ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, GenerationRequest,
+                                          RequestMetrics, RequestOutput, SamplingParams)
 from bucket_scheduler.core.interface import BucketInfo, StepStats
 from bucket_scheduler.serving.metrics import Metrics
 from bucket_scheduler.serving.sender import Sender
@@ -145,6 +145,48 @@ def test_failures_send_an_error_final(setup):
     assert faulted.finals[0].error.code() == pb.TritonError.INTERNAL and "step failed" in faulted.finals[0].error.message()
     for outcome in ("invalid", "rejected", "error"):
         assert metric(metrics, "bucketserve_requests_total", outcome=outcome).value == 1
+
+
+def test_error_code_follows_the_error_kind_not_the_message(setup):
+    """The code comes from the kind the engine set where it made the final: a fault whose
+    message mentions a shutdown stays INTERNAL, a drain final stays UNAVAILABLE."""
+    sender, _, _ = setup
+    internal, drained = pb.ResponseSender(), pb.ResponseSender()
+    sender.register(internal, request("i"))
+    sender.register(drained, request("d"))
+    sender.on_output(RequestOutput("i", finished=True, finish_reason=FINISH_ERROR, error_kind=ERROR_INTERNAL,
+                                   error_message="model step failed: RuntimeError: worker shut down unexpectedly"))
+    sender.on_output(RequestOutput("d", finished=True, finish_reason=FINISH_ERROR, error_kind=ERROR_UNAVAILABLE,
+                                   error_message="request not finished within drain_timeout_s=5"))
+    assert wait_for(lambda: internal.finals and drained.finals)
+    assert internal.finals[0].error.code() == pb.TritonError.INTERNAL
+    assert drained.finals[0].error.code() == pb.TritonError.UNAVAILABLE
+
+
+def test_in_flight_drops_only_after_the_counters_are_in():
+    """A benchmark that waits for zero in flight, then reads the token counters, must see the
+    last request's tokens: the gauge goes down after the counters go up."""
+    calls = []
+
+    class Recording(Metrics):
+        def request_done(self, *args, **kwargs):
+            calls.append("request_done")
+            super().request_done(*args, **kwargs)
+
+        def set_inflight(self, n):
+            calls.append(f"set_inflight({n})")
+            super().set_inflight(n)
+
+    sender = Sender(pb, FakeEngine(), Recording(pb, "m", "1"), cancel_poll_s=0.005, stats_every_s=60)
+    sender.start()
+    try:
+        rs = pb.ResponseSender()
+        sender.register(rs, request("x"))
+        sender.on_output(RequestOutput("x", delta_text="hi", finished=True, finish_reason="length", num_output_tokens=1))
+        assert wait_for(lambda: "set_inflight(0)" in calls)
+        assert calls.index("request_done") < calls.index("set_inflight(0)")
+    finally:
+        sender.stop()
 
 
 def test_stop_answers_everything_pending():

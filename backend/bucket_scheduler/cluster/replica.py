@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from bucket_scheduler.serving.launcher import ServerHandle, start_server
+from bucket_scheduler.serving.launcher import ServerHandle, ServerOptions, start_server
 
 log = logging.getLogger("ray.serve")
 
@@ -56,10 +56,10 @@ class TritonReplica:
         self.in_flight = 0
         self._session = None
         self._lock = threading.Lock()
-        self.server: ServerHandle = start_server(
+        self.server: ServerHandle = start_server(ServerOptions(
             models=self.config.models, overrides=self.config.overrides, model_repository=self.config.model_repository,
             http_port=0, grpc_port=0, metrics_port=0, openai_port=0, exit_timeout_s=self.config.exit_timeout_s,
-            ready_timeout_s=self.config.ready_timeout_s, log=lambda msg: log.info("%s %s", self.id, msg))
+            ready_timeout_s=self.config.ready_timeout_s), log=lambda msg: log.info("%s %s", self.id, msg))
         log.info("replica %s: tritonserver pid %s, OpenAI API %s", self.id, self.server.pid, self.server.openai_url)
 
     # --- Serve hooks ----------------------------------------------------------

@@ -15,5 +15,6 @@ Public API:
     static.py     StaticScheduler ("static")      continuous.py ContinuousScheduler ("continuous")
     uellm.py      UellmScheduler ("uellm")        predictor.py  OraclePredictor, HistogramPredictor
     policy.py     OrderPolicy (ordering keys)     clock.py      CostModel, SlotCounter
-    replay.py     load_trace, replay, main        (python -m bucket_scheduler.replay)
+    replay.py     replay, main                    (python -m bucket_scheduler.replay)
+    trace.py      TraceRow, load_trace (the one trace reader)   stats.py  percentile
 """

@@ -23,51 +23,19 @@ of online requests whose first token came within it.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import sys
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 
 from .clock import CostModel, SlotCounter
 from .factory import POLICIES, make_scheduler
 from .memory import GIB, FixedProbe, KVSpec, MemoryPlanner
 from .request import Request, RequestClass
+from .stats import percentile
+from .trace import TraceRow, load_trace
 
 LLAMA2_13B = KVSpec(num_layers=40, num_kv_heads=40, head_dim=128, dtype_bytes=2)
-
-
-@dataclass(frozen=True)
-class TraceRow:
-    arrival_s: float
-    prompt_len: int
-    output_len: int
-
-
-def load_trace(path: str, limit: int | None = None, time_scale: float = 1.0) -> list[TraceRow]:
-    rows: list[TraceRow] = []
-    t0 = None
-    with open(path, newline="") as f:
-        for rec in csv.DictReader(f):
-            ts = _parse_ts(rec["TIMESTAMP"])
-            t0 = ts if t0 is None else t0
-            rows.append(TraceRow((ts - t0) * time_scale, int(rec["ContextTokens"]), int(rec["GeneratedTokens"])))
-            if limit is not None and len(rows) >= limit:
-                break
-    rows.sort(key=lambda r: r.arrival_s)
-    return rows
-
-
-def _parse_ts(s: str) -> float:
-    s = s.strip()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    day, _, frac = s.partition(".")
-    base = datetime.strptime(day, "%Y-%m-%d %H:%M:%S").timestamp()
-    return base + (float("0." + frac) if frac else 0.0)
 
 
 @dataclass
@@ -96,10 +64,8 @@ class ReplayResult:
     options: dict = field(default_factory=dict)
 
 
-def _pct(sorted_vals: list[float], q: float) -> float:
-    if not sorted_vals:
-        return 0.0
-    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+def _pct(values: list[float], q: float) -> float:
+    return percentile(values, q) or 0.0
 
 
 def replay(
@@ -183,10 +149,9 @@ def replay(
             out_tokens += 1
             if r.num_generated >= stop_at[r.request_id]:
                 sched.finish(r.request_id, now)
-    ttfts = sorted(r.first_token_time - r.arrival_time for r in reqs if r.first_token_time is not None)
+    ttfts = [r.first_token_time - r.arrival_time for r in reqs if r.first_token_time is not None]
     onl = [r for r in reqs if r.is_online and r.state.value != "rejected"]
     met = sum(r.first_token_time is not None and r.first_token_time - r.arrival_time <= r.slo_ttft_s for r in onl)
-    decisions.sort()
     total = SlotCounter(prefill_slots.useful + decode_slots.useful, prefill_slots.computed + decode_slots.computed)
     return ReplayResult(
         policy=policy,
@@ -200,14 +165,14 @@ def replay(
         mean_batch_size=round(decode_seqs / decode_steps, 2) if decode_steps else 0.0,
         max_planned_kv_bytes=max_planned,
         budget_bytes=min_budget or 0,
-        decision_us_p50=round(_pct(decisions, 0.5), 1),
-        decision_us_p99=round(_pct(decisions, 0.99), 1),
+        decision_us_p50=round(_pct(decisions, 50), 1),
+        decision_us_p99=round(_pct(decisions, 99), 1),
         steps=len(decisions),
         preemptions=preemptions,
         makespan_s=round(now, 2),
         output_tokens_per_s=round(out_tokens / now, 1) if now > 0 else 0.0,
-        ttft_p50_s=round(_pct(ttfts, 0.5), 3),
-        ttft_p99_s=round(_pct(ttfts, 0.99), 3),
+        ttft_p50_s=round(_pct(ttfts, 50), 3),
+        ttft_p99_s=round(_pct(ttfts, 99), 3),
         online=len(onl),
         online_ttft_slo_attainment=round(met / len(onl), 4) if onl else None,
         options=options,

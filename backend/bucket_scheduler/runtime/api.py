@@ -64,7 +64,11 @@ class RequestMetrics:
 FINISH_STOP = "stop"  # EOS or a stop string
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CANCELLED = "cancelled"
-FINISH_ERROR = "error"  # engine fault or shutdown; error_message says which
+FINISH_ERROR = "error"  # engine fault or shutdown; error_message says which, error_kind which class
+
+# error_kind values: what a client may do about an error final (the sender maps them onto Triton codes)
+ERROR_UNAVAILABLE = "unavailable"  # shutdown or drain: retry elsewhere / later
+ERROR_INTERNAL = "internal"  # an engine or model fault
 
 
 @dataclass
@@ -74,6 +78,7 @@ class RequestOutput:
     finished: bool = False
     finish_reason: str | None = None
     error_message: str | None = None  # set when finish_reason is "error"
+    error_kind: str | None = None  # ERROR_UNAVAILABLE | ERROR_INTERNAL, set with error_message
     num_input_tokens: int = 0
     num_output_tokens: int = 0
     metrics: RequestMetrics = field(default_factory=RequestMetrics)

@@ -24,7 +24,7 @@ from ..core.factory import make_scheduler
 from ..core.interface import StepStats
 from ..core.memory import MemoryPlanner
 from .admission import Admission, Health
-from .api import FINISH_CANCELLED, FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, Overloaded
+from .api import ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, Overloaded
 from .cpu_linear import prepack_linears
 from .faults import fault_hook_from_env
 from .kv_cache import plan_spec
@@ -132,7 +132,7 @@ class Engine:
             self._thread.join(timeout=max(5.0, timeout_s))
         # Whatever is left (no thread, or it is stuck in a forward) gets its final here;
         # _final() makes sure nobody gets two.
-        self._fail_all("engine shut down before the request finished")
+        self._fail_all("engine shut down before the request finished", kind=ERROR_UNAVAILABLE)
 
     @property
     def healthy(self) -> bool:
@@ -308,14 +308,15 @@ class Engine:
     def _check_drain(self) -> None:
         if self.admission.drain_expired(time.monotonic()) and self.num_in_flight():
             self._fail_all(f"server is shutting down; request not finished within drain_timeout_s="
-                           f"{self.config.drain_timeout_s:g}", reset=True)
+                           f"{self.config.drain_timeout_s:g}", reset=True, kind=ERROR_UNAVAILABLE)
 
     def _prompt_of(self, request_id: str) -> str | None:
         live = self._live.get(request_id)
         return live.gen.prompt if live is not None else None
 
     # -- finals ---------------------------------------------------------------------------------
-    def _final(self, live: LiveRequest, reason: str, now: float, error: str | None = None) -> None:
+    def _final(self, live: LiveRequest, reason: str, now: float, error: str | None = None,
+               error_kind: str = ERROR_INTERNAL) -> None:
         """The one finished=True output of a request; the scheduler forgets it too (caller
         holds the lock)."""
         if live.done:
@@ -333,7 +334,7 @@ class Engine:
                 self.counters.finished += 1
         if live.scheduled_at is None:  # never scheduled: still counted in the admission queue
             self.admission.dequeued(live.core)
-        self._emit(live, live.final_output(reason, now, error))
+        self._emit(live, live.final_output(reason, now, error, error_kind))
 
     def _emit(self, live: LiveRequest, out) -> None:
         try:
@@ -341,19 +342,19 @@ class Engine:
         except Exception:  # the caller's callback must not take the engine down
             log.exception("on_output callback raised for %s", out.request_id)
 
-    def _fail_all(self, message: str, reset: bool = False) -> None:
+    def _fail_all(self, message: str, reset: bool = False, kind: str = ERROR_INTERNAL) -> None:
         if reset:
             self.runner.reset()
-        self._fail(None, message)
+        self._fail(None, message, kind)
 
-    def _fail(self, request_ids: list[str] | None, message: str) -> None:
-        """End these requests (None: every live one) with an error final."""
+    def _fail(self, request_ids: list[str] | None, message: str, kind: str = ERROR_INTERNAL) -> None:
+        """End these requests (None: every live one) with an error final of this kind."""
         now = time.monotonic()
         with self._lock:
             for rid in list(self._live) if request_ids is None else request_ids:
                 live = self._live.get(rid)
                 if live is not None:
-                    self._final(live, FINISH_ERROR, now, error=message)
+                    self._final(live, FINISH_ERROR, now, error=message, error_kind=kind)
 
 
 def _batch_invariant_dtype(cfg: EngineConfig) -> str:

@@ -25,7 +25,7 @@ TINY_NAME = "tiny-llama-v1"
 DEFAULT_ALIASES = ("smollm2", SMOLLM2_NAME)
 TINY_ALIASES = ("tiny", TINY_NAME)
 
-# What dtype "auto" means on a CPU; chosen by measurement (benchmarks/engine_bench.py --raw).
+# What dtype "auto" means on a CPU; chosen by measurement (bucketserve-bench engine --raw).
 CPU_AUTO_DTYPE = "bfloat16"
 
 _READY = ".bucketserve-ready"  # written last: a directory without it is an unfinished conversion

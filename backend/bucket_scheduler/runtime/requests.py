@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..chat_template import render_chat
 from ..core.request import Request, RequestClass
-from .api import FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, RequestMetrics, RequestOutput
+from .api import ERROR_INTERNAL, FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, RequestMetrics, RequestOutput
 from .detokenizer import IncrementalDetokenizer
 from .sampling import is_greedy, make_generator
 from .sequence import Sequence
@@ -52,10 +52,11 @@ class LiveRequest:
             return None
         return self._output(self._with_prefix(delta))
 
-    def final_output(self, reason: str, now: float, error: str | None) -> RequestOutput:
+    def final_output(self, reason: str, now: float, error: str | None, error_kind: str | None = None) -> RequestOutput:
         text = "" if reason == FINISH_ERROR else self.seq.take_delta() if self.gen.stream else self.seq.text
         out = self._output(self._with_prefix(text))
         out.finished, out.finish_reason, out.error_message = True, reason, error
+        out.error_kind = (error_kind or ERROR_INTERNAL) if reason == FINISH_ERROR else None
         out.metrics = self._metrics(now)
         return out
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .launcher import DEFAULT_MODELS, ServerError, serve
+from .launcher import DEFAULT_MODELS, ServerError, ServerOptions, serve
 
 # flag -> config.pbtxt parameter
 SETTING_FLAGS = {
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     overrides = overrides_from_args(args, models)
     try:
-        return serve(
+        return serve(ServerOptions(
             models=models,
             overrides=overrides,
             host=args.host,
@@ -83,8 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             openai_port=args.openai_port or None,  # 0 turns the OpenAI-compatible API off
             expose_http=args.expose_http,
             max_body_bytes=args.max_body_bytes,
-            log=_log,
-        )
+        ), log=_log)
     except (ServerError, ValueError, RuntimeError) as exc:
         _log(f"[bucketserve] failed to start: {exc}")
         return 1

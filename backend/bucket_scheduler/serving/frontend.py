@@ -8,7 +8,6 @@ requests get 503 from the draining engine rather than a refused connection).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .process_group import stop_group
 from .repository import read_parameters
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -49,20 +49,7 @@ class Frontend:
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM (uvicorn closes its connections), then SIGKILL past timeout_s."""
-        if self.alive():
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.process.wait(10)
-            return None
+        return stop_group(self.process, timeout_s)
 
 
 def tokenizer_dirs(source: Path, models: list[str], overrides: dict[str, dict[str, str]]) -> dict[str, tuple[str, bool]]:

@@ -1,6 +1,6 @@
 """Start, watch and stop a tritonserver that hosts BucketServe models.
 
-    handle = start_server(models=["bucketserve_tiny"], http_port=0)   # 0: ask the OS for a port
+    handle = start_server(ServerOptions(models=["bucketserve_tiny"], http_port=0))   # 0: a free port
     ... handle.http_url, handle.grpc_url, handle.metrics_url ...
     handle.stop()
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .frontend import Frontend, FrontendError, frontend_command, start_frontend, tokenizer_dirs
+from .process_group import stop_group
 from .repository import default_repository, prepare_repository, read_parameters
 from .tritonserver import TritonInstall, default_cache_dir, find_tritonserver
 
@@ -186,36 +187,26 @@ class ServerHandle:
             return None
 
     def kill_group(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.wait(10)
+        """SIGKILL the server's whole process group at once, no drain (a crash, as the cluster tests it)."""
+        stop_group(self.process, 0, terminate_group=False)
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM, wait for the exit timeout (+ grace), then kill the whole process group.
         Returns the server's exit code (None if it had to be killed)."""
-        timeout = (self.exit_timeout_s + 10) if timeout_s is None else timeout_s
         self.terminate()
-        code = self.wait(timeout)
-        if code is None:
-            self.kill_group()
-        else:
-            # Stubs are in the same group; one that outlived the server must not linger.
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.stop_frontend()
+        return self.close((self.exit_timeout_s + 10) if timeout_s is None else timeout_s)
+
+    def close(self, timeout_s: float = 0) -> int | None:
+        """All teardown after a terminate(): wait up to timeout_s for the server, kill its group
+        (stubs that outlived it too), then stop the front end (after Triton: streams in flight
+        during its drain still reach their clients) and remove the temporary run dir."""
+        code = stop_group(self.process, timeout_s, terminate_group=False)
+        if self.frontend is not None:
+            self.frontend.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
         return code
-
-    def stop_frontend(self) -> None:
-        """After Triton: streams in flight during its drain still reach their clients."""
-        if self.frontend is not None:
-            self.frontend.stop()
 
 
 # Health checks go straight to the local server, never through an http_proxy from the environment.
@@ -264,49 +255,57 @@ def build_command(
     return cmd + list(extra_args or [])
 
 
-def start_server(
-    models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-    overrides: dict[str, dict[str, str]] | None = None,
-    host: str = "127.0.0.1",
-    http_port: int = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
-    model_repository: str | Path | None = None,
-    run_dir: str | Path | None = None,
-    exit_timeout_s: int = 30,
-    ready_timeout_s: float = 600.0,
-    log_file: str | Path | None = None,
-    inherit_output: bool = False,
-    instance_kind: str | None = None,
-    prepare_models: bool = True,
-    extra_args: list[str] | None = None,
-    stop_event: threading.Event | None = None,
-    log=print,
-    openai_port: int | None = None,
-    expose_http: bool = False,
-    max_body_bytes: int | None = None,
-) -> ServerHandle:
-    """Start tritonserver with the chosen models and wait until it is ready; then, unless
-    openai_port is None, the OpenAI-compatible front end on that port (0: a free one).
+@dataclass
+class ServerOptions:
+    """What start_server starts. Ports given as 0 are picked free by the OS.
 
     Triton's HTTP port binds 127.0.0.1 whatever `host` is, unless expose_http: Triton 2.51's HTTP
     front end crashes on request bodies of 4 MiB or more, so an exposed server offers the OpenAI
-    port (bodies capped at max_body_bytes) and gRPC instead. Ports given as 0 are picked free by the OS. Output goes to `log_file` (default: run_dir/
-    tritonserver.log) unless inherit_output, in which case it shares this process's terminal.
+    port (bodies capped at max_body_bytes) and gRPC instead. Output goes to `log_file` (default:
+    run_dir/tritonserver.log) unless inherit_output, in which case it shares this terminal."""
+
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> config.pbtxt parameters
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    openai_port: int | None = None  # None: no OpenAI-compatible front end; 0: on a free port
+    model_repository: str | Path | None = None
+    run_dir: str | Path | None = None  # None: a temporary one, removed at stop
+    exit_timeout_s: int = 30
+    ready_timeout_s: float = 600.0
+    log_file: str | Path | None = None
+    inherit_output: bool = False
+    instance_kind: str | None = None
+    prepare_models: bool = True
+    extra_args: list[str] | None = None
+    expose_http: bool = False
+    max_body_bytes: int | None = None
+
+
+def start_server(options: ServerOptions | None = None, stop_event: threading.Event | None = None, log=print,
+                 **fields) -> ServerHandle:
+    """Start tritonserver with the chosen models and wait until it is ready; then, unless
+    openai_port is None, the OpenAI-compatible front end. `fields` are ServerOptions fields, a
+    shorthand for start_server(ServerOptions(...)).
     Raises ServerError (with the log's tail) if the server exits or is not ready in time."""
-    models = list(models)
-    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
-    source = Path(model_repository) if model_repository else default_repository()
+    o = options or ServerOptions(**fields)
+    models = list(o.models)
+    overrides = {k: dict(v) for k, v in (o.overrides or {}).items()}
+    source = Path(o.model_repository) if o.model_repository else default_repository()
     if source is None:
         raise ServerError("no model repository found; pass --model-repository")
     stop_event = stop_event or threading.Event()
     tmp = None
+    run_dir = o.run_dir
     if run_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="bucketserve-run-")
         run_dir = tmp.name
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port, metrics_port = (p or free_port(host) for p in (http_port, grpc_port, metrics_port))
+    host, exit_timeout_s = o.host, o.exit_timeout_s
+    http_port, grpc_port, metrics_port = (p or free_port(host) for p in (o.http_port, o.grpc_port, o.metrics_port))
 
     drain_file = run_dir.resolve() / DRAIN_FILE
     drain_file.unlink(missing_ok=True)
@@ -316,25 +315,25 @@ def start_server(
         if "drain_timeout_s" not in params:
             overrides.setdefault(name, {}).setdefault("drain_timeout_s", f"{drain_timeout_for(exit_timeout_s):g}")
         overrides.setdefault(name, {}).setdefault("drain_file", str(drain_file))
-    if prepare_models:
+    if o.prepare_models:
         prepare_model_dirs(source, models, overrides, log=log)
-    repo = prepare_repository(source, run_dir, models, overrides, instance_kind=instance_kind)
+    repo = prepare_repository(source, run_dir, models, overrides, instance_kind=o.instance_kind)
     install = find_tritonserver(default_cache_dir())
     removed = clean_stale_shm()
     if removed:
         log(f"[bucketserve] removed {len(removed)} stale shared-memory region(s) of crashed servers")
-    http_host = host if expose_http else "127.0.0.1"
-    cmd = build_command(install, repo, host, http_port, grpc_port, metrics_port, exit_timeout_s, _has_gpu(), extra_args=extra_args,
+    http_host = host if o.expose_http else "127.0.0.1"
+    cmd = build_command(install, repo, host, http_port, grpc_port, metrics_port, exit_timeout_s, _has_gpu(), extra_args=o.extra_args,
                         http_host=http_host)
     env = dict(os.environ)
     env.update(install.env)
     env.setdefault("PYTHONUNBUFFERED", "1")
 
     log_path = None
-    if inherit_output:
+    if o.inherit_output:
         stdout = None
     else:
-        log_path = Path(log_file) if log_file else run_dir / "tritonserver.log"
+        log_path = Path(o.log_file) if o.log_file else run_dir / "tritonserver.log"
         stdout = open(log_path, "ab")
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -346,10 +345,10 @@ def start_server(
     log(f"[bucketserve] tritonserver ({install.source}) pid {proc.pid}: models {', '.join(models)}; "
         f"http {handle.http_url}, grpc {handle.grpc_url}, metrics {handle.metrics_url}")
     try:
-        wait_ready(handle, ready_timeout_s, stop_event, log=log)
-        if openai_port is not None:
-            port = openai_port or free_port(host)
-            cmd = frontend_command(handle.grpc_url, host, port, models, tokenizer_dirs(source, models, overrides), max_body_bytes)
+        wait_ready(handle, o.ready_timeout_s, stop_event, log=log)
+        if o.openai_port is not None:
+            port = o.openai_port or free_port(host)
+            cmd = frontend_command(handle.grpc_url, host, port, models, tokenizer_dirs(source, models, overrides), o.max_body_bytes)
             handle.frontend = start_frontend(cmd, host, port, log_path)
             log(f"[bucketserve] OpenAI-compatible API on {handle.openai_url}/v1 (models: {', '.join(models)})")
     except FrontendError as exc:
@@ -397,21 +396,14 @@ def serve_forever(handle: ServerHandle, stop_event: threading.Event, log=print) 
                 handle.terminate()
             if stop_at is not None and time.monotonic() - stop_at > handle.exit_timeout_s + 10:
                 log("[bucketserve] server outlived its exit timeout; killing its process group")
-                handle.kill_group()
                 code = 1
     finally:
-        try:
-            os.killpg(handle.pid, signal.SIGKILL)  # stubs left behind by a crashed server
-        except (ProcessLookupError, PermissionError):
-            pass
-        handle.stop_frontend()
-        if handle._tmp is not None:
-            handle._tmp.cleanup()
+        handle.close()
     log(f"[bucketserve] server exited with code {code}")
     return code
 
 
-def serve(log=print, **start_kwargs) -> int:
+def serve(options: ServerOptions, log=print) -> int:
     """start_server + serve_forever with SIGTERM / SIGINT handled from the first moment: a
     signal during start-up stops the starting server; after, it is forwarded once."""
     stop_event = threading.Event()
@@ -424,7 +416,7 @@ def serve(log=print, **start_kwargs) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            handle = start_server(stop_event=stop_event, log=log, **start_kwargs)
+            handle = start_server(options, stop_event=stop_event, log=log)
         except StartInterrupted:
             log("[bucketserve] stopped before the server was ready")
             return 0

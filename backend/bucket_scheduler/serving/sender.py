@@ -28,9 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bucket_scheduler.runtime.api import FINISH_CANCELLED, FINISH_ERROR, GenerationRequest, RequestOutput
+from bucket_scheduler.runtime.api import (ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, GenerationRequest,
+                                          RequestOutput)
 
 _STOP = object()
+# The engine's error kind -> the Triton error code its final carries.
+ERROR_CODES = {ERROR_UNAVAILABLE: "UNAVAILABLE", ERROR_INTERNAL: "INTERNAL"}
 
 
 @dataclass
@@ -196,7 +199,6 @@ class Sender:
                 outcome = "error"
         else:
             self._send_error(entry.response_sender, code, message)
-        self._guarded(self._set_inflight)
         if self._metrics:
             self._guarded(
                 self._metrics.request_done,
@@ -207,6 +209,8 @@ class Sender:
                 slo_ttft_ms=entry.slo_ttft_ms,
                 slo_tpot_ms=entry.slo_tpot_ms,
             )
+        # After the counters: whoever sees no request in flight sees their tokens counted too.
+        self._guarded(self._set_inflight)
 
     def _final_for(self, entry: _Entry, out: RequestOutput, text: str) -> tuple[Any, str, str, str]:
         """(success response or None, error code, error message, outcome) of a finished request."""
@@ -214,7 +218,7 @@ class Sender:
             return None, "CANCELLED", "request cancelled", "cancelled"
         if out.finish_reason == FINISH_ERROR:
             message = out.error_message or "the engine failed this request"
-            return None, "UNAVAILABLE" if "shut" in message else "INTERNAL", message, "error"
+            return None, ERROR_CODES.get(out.error_kind, "INTERNAL"), message, "error"
         text = "".join(entry.parts) + text  # streams: deltas queued with the final go out with it
         response = self._response(
             text_output=text,

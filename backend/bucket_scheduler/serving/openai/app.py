@@ -126,7 +126,7 @@ def create_app(config: FrontendConfig) -> FastAPI:
             try:
                 chunks = await _unless_gone(request, _collect(gen))
             except RequestFailed as exc:
-                raise from_model_error(exc.message, call.param_names) from None
+                raise from_model_error(exc.message, exc.code, call.param_names) from None
             except ClientGone:
                 return Response(status_code=499)
             text = "".join(c.text for c in chunks)
@@ -135,7 +135,7 @@ def create_app(config: FrontendConfig) -> FastAPI:
         try:
             first = await _unless_gone(request, gen.__anext__())
         except RequestFailed as exc:
-            raise from_model_error(exc.message, call.param_names) from None
+            raise from_model_error(exc.message, exc.code, call.param_names) from None
         except ClientGone:
             await gen.aclose()
             return Response(status_code=499)
@@ -206,7 +206,7 @@ async def _events(gen, chunk, answer: Answer, call: Call):
             try:
                 chunk = await gen.__anext__()
             except RequestFailed as exc:  # after the 200 went out: an error event, then the end
-                yield sse(from_model_error(exc.message, call.param_names).body())
+                yield sse(from_model_error(exc.message, exc.code, call.param_names).body())
                 break
         yield DONE
 

@@ -1,10 +1,10 @@
-"""OpenAI's error shape, and the mapping of the model's error messages onto HTTP statuses.
+"""OpenAI's error shape, and the mapping of the model's errors onto HTTP statuses.
 
-Triton's gRPC stream carries an error as its message only (the INVALID_ARG / UNAVAILABLE code
-is not in ModelStreamInferResponse), so the status is read from the message: the model's
-UNAVAILABLE and INTERNAL messages are few and fixed (runtime/engine.py, serving/sender.py);
-every other error the model answers with is its validator's INVALID_ARG, whose messages start
-with the field they are about ("max_tokens: must be ...", "top_p must be ...").
+The status follows the error's gRPC status code: the client asks Triton to end a failed stream
+with the Triton error code as its status (bucketserve_client.aio), and the model's sender picks
+that code from the engine's error kind (INVALID_ARG for the validator, UNAVAILABLE for a full
+queue, a drain or a shutdown, INTERNAL for a fault). Only the field a 400 is about is read from
+the message: the validator's messages start with it ("max_tokens: must be ...", "top_p must be ...").
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Mapping
 # Retry-After (seconds) on a 503: the queue drains in about a step; a draining server is gone soon.
 RETRY_AFTER_S = 1
 
-UNAVAILABLE_MARKERS = ("queue full", "shutting down", "not accepting", "unhealthy", "request not completed",
-                       "not finished within drain")
-INTERNAL_MARKERS = ("internal engine error", "model step failed", "engine refused the request",
-                    "the engine failed this request", "engine shut down before")
+# gRPC status code -> HTTP status; any other code (UNKNOWN, none) is a server error.
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 503,
+               "INTERNAL": 500, "UNIMPLEMENTED": 400}
 # The field named at the head of a validator message: "max_tokens: ...", "top_p must ...".
 _FIELD_HEAD = re.compile(r"^\s*([a-z_]+)(?::|\s+must\b|\s+is\b)")
 # Engine-side names that differ from the request's.
@@ -54,21 +53,19 @@ def unavailable(message: str) -> OpenAIError:
     return OpenAIError(503, message, "service_unavailable", None, "service_unavailable")
 
 
-def from_model_error(message: str, param_names: Mapping[str, str]) -> OpenAIError:
-    """The model's (or Triton's) error message -> an OpenAI error. param_names maps the model's
-    field names onto the names the client used (max_tokens -> max_completion_tokens, ...)."""
-    low = message.lower()
-    if any(m in low for m in UNAVAILABLE_MARKERS):
+def from_model_error(message: str, code: str | None, param_names: Mapping[str, str]) -> OpenAIError:
+    """The model's (or Triton's) error and its gRPC status code -> an OpenAI error. param_names
+    maps the model's field names onto the names the client used (max_tokens -> max_completion_tokens, ...)."""
+    status = HTTP_STATUS.get(code or "", 500)
+    if status == 503:
         return unavailable(message)
-    if any(m in low for m in INTERNAL_MARKERS):
-        return OpenAIError(500, message, "server_error", None, "internal_error")
-    if "failed to connect" in low or "connection refused" in low or "unavailable" in low:
-        return unavailable(f"the inference server is not reachable: {message}")
+    if status != 400:
+        return OpenAIError(status, message, "server_error", None, "internal_error")
     param = None
     head = _FIELD_HEAD.match(message)
     if head:
         field = _ALIASES.get(head.group(1), head.group(1))
         param = param_names.get(field, field)
-    elif "max_model_len" in low and "max_tokens" in low:
+    elif "max_model_len" in message.lower() and "max_tokens" in message.lower():
         param = param_names.get("max_tokens")
     return bad_request(message, param)

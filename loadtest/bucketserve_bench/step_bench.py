@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""The model step side by side: transformers' forward ("hf") against the lean step
+"""bucketserve-bench step: the model step side by side: transformers' forward ("hf") against the lean step
 ("lean", runtime/fast_step.py); "lean-mm" is the lean step with runtime/attention.py's
 matmul-softmax-matmul decode attention instead of one SDPA kernel.
 
@@ -7,21 +6,19 @@ Each variant gets its own copy of the model (prepacked bf16 linears, as the engi
 it) and its own Runner holding the same prompts. Rounds alternate the variants (A, B, A,
 B, ...) so a busy machine slows them alike; the figures are medians over the rounds.
 
-  python benchmarks/step_bench.py                      # SmolLM2, bf16, 2 threads, 1 and 32 rows
-  python benchmarks/step_bench.py --threads 1 --variants hf,lean,lean-mm --rows 32
+  bucketserve-bench step                      # SmolLM2, bf16, 2 threads, 1 and 32 rows
+  bucketserve-bench step --threads 1 --variants hf,lean,lean-mm --rows 32
+  bucketserve-bench step --quick --json       # tiny model, seconds; one JSON line last
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 
 
 def build(variant: str, path, dtype, args):
@@ -64,7 +61,8 @@ def main(argv=None):
 
     from bucket_scheduler.runtime.models import resolve_dtype, resolve_model
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="bucketserve-bench step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=2)
@@ -74,7 +72,13 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="decode steps timed per variant")
     ap.add_argument("--rounds", type=int, default=3, help="prefill rounds per variant")
     ap.add_argument("--max-prefill-tokens", type=int, default=8192)
+    ap.add_argument("--quick", action="store_true", help="tiny model, float32, few short steps: seconds")
+    ap.add_argument("--json", action="store_true", help="the results as one JSON line, the last line of stdout")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.model, args.dtype, args.rows = args.model or "tiny", "float32", "1,4"
+        args.prompt_len, args.steps, args.rounds = min(args.prompt_len, 32), min(args.steps, 4), min(args.rounds, 1)
+    out = sys.stderr if args.json else sys.stdout
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     dtype = resolve_dtype(args.dtype, "cpu")
@@ -85,7 +89,7 @@ def main(argv=None):
     for v in variants:
         model, tok, runner, build_s, rss = build(v, path, dtype, args)
         setups[v] = (model, tok)
-        print(f"{v}: runner built in {build_s:.1f} s, process RSS {rss:.0f} MB after it", flush=True)
+        print(f"{v}: runner built in {build_s:.1f} s, process RSS {rss:.0f} MB after it", file=out, flush=True)
     vocab = setups[variants[0]][0].config.vocab_size
 
     from bucket_scheduler.runtime.runner import Runner
@@ -133,21 +137,30 @@ def main(argv=None):
                 prefill[v].append(len(seqs) * P / (time.perf_counter() - t0))
                 del r
     print(f"\nmodel {path.name}, {dtype}, {torch.get_num_threads()} threads, prompt {P} tokens, {args.steps} decode steps "
-          f"alternating per step, {args.rounds} prefill rounds alternating; medians (min-max); CPU = process CPU time")
+          f"alternating per step, {args.rounds} prefill rounds alternating; medians (min-max); CPU = process CPU time",
+          file=out)
     base = variants[0]
+    results = {"model": path.name, "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+               "prompt_tokens": P, "decode": [], "prefill": []}
     for n in rows:
         for v in variants:
             xs = decode_ms[(v, n)]
             med = statistics.median(xs)
             ratio = statistics.median(decode_ms[(base, n)]) / med
             cpu = statistics.median(decode_cpu[(v, n)])
+            results["decode"].append({"rows": n, "variant": v, "step_ms": med, "tok_s": n / med * 1000,
+                                      f"vs_{base}": ratio, "cpu_ms": cpu})
             print(f"decode {n:>3} rows  {v:<9} {med:7.1f} ms/step ({min(xs):.1f}-{max(xs):.1f})  "
                   f"{n / med * 1000:7.0f} tok/s  x{ratio:.2f} vs {base}  CPU {cpu:.1f} ms/step  "
-                  f"(warm-up 2 steps {warm_s[(v, n)]:.1f} s)")
+                  f"(warm-up 2 steps {warm_s[(v, n)]:.1f} s)", file=out)
     for v in variants if args.rounds else ():
         xs = prefill[v]
-        print(f"prefill {max(rows)}x{P}   {v:<9} {statistics.median(xs):7.0f} tok/s ({min(xs):.0f}-{max(xs):.0f})")
+        results["prefill"].append({"rows": max(rows), "variant": v, "tok_s": statistics.median(xs)})
+        print(f"prefill {max(rows)}x{P}   {v:<9} {statistics.median(xs):7.0f} tok/s ({min(xs):.0f}-{max(xs):.0f})", file=out)
+    if args.json:
+        print(json.dumps(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
