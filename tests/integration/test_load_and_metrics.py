@@ -122,6 +122,8 @@ def test_metrics_match_what_was_sent(server):
     assert [r.num_output_tokens for r in results] == lengths
     invalid = client.generate("x", max_tokens=0)
     assert invalid.status == "error"
+    # The sender updates the counters right after it sends a final: let the last one land.
+    wait_until(lambda: idle(server, model) and counters(server, model)["invalid"] - before["invalid"] >= 1, timeout_s=10)
     after = counters(server, model)
     assert after["success"] - before["success"] == len(lengths)
     assert after["invalid"] - before["invalid"] == 1
