@@ -12,11 +12,17 @@ Raw speed (--raw): prefill tokens/s and decode tokens/s of the engine's own runn
 sequences, in the served dtype and settings, next to this machine's matmul limit measured just
 before the run (--hf adds plain transformers generate() on the same model).
 
+Served against in-process (--served): the trace requests, streamed, through the in-process engine
+and through a real tritonserver started with the same settings (gRPC, our client library),
+alternating rounds; output tokens/s, TTFT and TPOT of each, the ratio, and where the CPU went
+(this process, the server's processes).
+
 Engine settings: --set KEY=VALUE (repeatable) sets any EngineConfig field, scheduler.X a
 scheduler option, parsed as config.pbtxt parameters are (serving/settings.py).
 
   bucketserve-bench engine --trace data/azure_llm_2023_conv.csv
   bucketserve-bench engine --raw --set dtype=bfloat16
+  bucketserve-bench engine --served --rounds 3        # the same requests served by tritonserver
   bucketserve-bench engine --quick [--raw] --json    # tiny model, seconds; one JSON line last
   bucketserve-bench engine --set device=cuda         # the same on a GPU
 """
@@ -47,18 +53,23 @@ def progress(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def engine_config(args, **fields):
-    """EngineConfig from the bench's defaults, --set and `fields` (which win)."""
-    from bucket_scheduler.runtime.api import EngineConfig
-    from bucket_scheduler.serving.settings import engine_config_from_parameters
-
+def engine_params(args) -> dict[str, str]:
+    """The settings as config.pbtxt parameters: the bench's defaults, then --set."""
     params = {**BENCH_SETTINGS, **({"model_dir": "tiny", "dtype": "float32"} if args.quick else {})}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
         params[key.strip()] = value
-    return replace(engine_config_from_parameters(params, EngineConfig()), **fields)
+    return params
+
+
+def engine_config(args, **fields):
+    """EngineConfig from the bench's defaults, --set and `fields` (which win)."""
+    from bucket_scheduler.runtime.api import EngineConfig
+    from bucket_scheduler.serving.settings import engine_config_from_parameters
+
+    return replace(engine_config_from_parameters(engine_params(args), EngineConfig()), **fields)
 
 
 # --- trace replay ---------------------------------------------------------------------------
@@ -169,11 +180,11 @@ def print_table(results: list[PolicyResult]) -> None:
                          f"requests/s x{top.req_s / base.req_s:.2f}")
 
 
-def trace_mode(args) -> dict:
+def trace_workload(args, cfg):
+    """The trace rows scaled to this machine, and a prompt of each row's length."""
     from bucket_scheduler.runtime.models import resolve_model
     from transformers import AutoTokenizer
 
-    cfg = engine_config(args)
     shaping = LengthShaping(1 / args.scale, 1 / args.output_scale, 1, args.limit, 1, args.max_output)
     rows = load_trace(args.trace, args.num_requests, start=args.start)
     workload = [replace(r, prompt_len=p, output_len=o) for r in rows for p, o in [shaping.apply(r)]]
@@ -186,6 +197,12 @@ def trace_mode(args) -> dict:
              f"{args.arrivals}" + (f" (trace time / {args.rate_scale:g})" if args.arrivals == "trace" else " (all at t=0)"))
     progress(f"model {model_dir.name}, device {cfg.device}, dtype {cfg.dtype}, threads {cfg.threads or 'all'}, "
              f"max_num_seqs {cfg.max_num_seqs}, max_model_len {cfg.max_model_len}")
+    return workload, prompts
+
+
+def trace_mode(args) -> dict:
+    cfg = engine_config(args)
+    workload, prompts = trace_workload(args, cfg)
     results = []
     for policy in args.policies.split(","):
         options = json.loads(args.options[policy]) if policy in args.options else {}
@@ -305,6 +322,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="bucketserve-bench engine", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", action="store_true", help="raw prefill / decode speed instead of the trace replay")
+    ap.add_argument("--served", action="store_true",
+                    help="the same requests through a real tritonserver beside the in-process engine, alternating rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="--served: rounds of each (in-process, served)")
     ap.add_argument("--quick", action="store_true", help="tiny model in float32, few requests: a smoke run (seconds)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON line, the last line of stdout")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -338,7 +358,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    report = raw_mode(args) if args.raw else trace_mode(args)
+    if args.served:
+        from .served_compare import served_mode
+
+        report = served_mode(args)
+    else:
+        report = raw_mode(args) if args.raw else trace_mode(args)
     if args.json:
         print(json.dumps(report, default=str))
     return 0

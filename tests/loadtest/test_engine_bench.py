@@ -71,3 +71,20 @@ def test_bare_flags_are_the_sweep(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert "bucketserve-bench sweep" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not TRACE.is_file(), reason="trace data not present next to the repository")
+def test_quick_served_against_in_process(capsys):
+    """The same requests through a real tritonserver and the in-process engine: both answer every
+    request with every token, and the ratio is theirs."""
+    assert main(["engine", "--served", "--quick", "--rounds", "1", "--set", "threads=1", "--trace", str(TRACE),
+                 "--json"]) == 0
+    r = last_json(capsys)
+    by = {x["system"]: x for x in r["rounds"]}
+    assert set(by) == {"engine", "served"}
+    assert by["engine"]["errors"] == by["served"]["errors"] == 0
+    assert by["engine"]["output_tokens"] == by["served"]["output_tokens"] > 0
+    assert by["served"]["server_cpu_s"] > 0
+    assert r["ratio_served_engine"] == pytest.approx(by["served"]["out_tok_s"] / by["engine"]["out_tok_s"])
