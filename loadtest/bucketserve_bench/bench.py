@@ -51,7 +51,8 @@ class SystemResult:
     startup_s: float | None = None
     runs: list[dict] = field(default_factory=list)
     skipped: str | None = None
-    capacity: dict | None = None  # rate held at the target attainment
+    capacity: dict | None = None  # rate held at the target attainment (online requests' SLOs)
+    capacity_all: dict | None = None  # the same over every request (offline ones count when they finish)
     results: dict = field(default_factory=dict, repr=False)  # run label -> per-request records
 
 
@@ -208,6 +209,8 @@ async def run_system(system, kind: str, reqs: list[BenchRequest], cfg: SweepConf
         await asyncio.to_thread(system.stop)
     cap = rate_at_attainment([(r["rate"], r["slo_attainment"]) for r in out.runs if r["mode"] == "rate"], cfg.target_attainment)
     out.capacity = asdict(cap)
+    out.capacity_all = asdict(rate_at_attainment([(r["rate"], r["slo_attainment_all"]) for r in out.runs if r["mode"] == "rate"],
+                                                 cfg.target_attainment))
     return out
 
 

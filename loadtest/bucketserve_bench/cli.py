@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--model-dir", default=None, help="Hugging Face model directory (or 'smollm2' / 'tiny'); default: the model's default (SmolLM2-135M)")
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE", help="extra config.pbtxt parameter for our server (repeatable)")
+    g.add_argument("--variant-param", action="append", default=[], metavar="LABEL:KEY=VALUE",
+                   help="a parameter for one labelled system of --policies (POLICY:LABEL runs POLICY again under "
+                        "LABEL), e.g. --policies bucket,bucket:nochunk --variant-param nochunk:scheduler.chunked_prefill=false")
     g.add_argument("--api", choices=("grpc", "openai", "both"), default="grpc",
                    help="how the bench talks to our server: Triton gRPC streaming, the OpenAI-compatible API (the "
                         "client vLLM gets), or both (each policy twice; the OpenAI runs are named POLICY-openai)")
@@ -117,7 +120,7 @@ def sweep(argv) -> int:
     rates = [] if args.rates.strip() == "auto" else [float(x) for x in args.rates.split(",") if x.strip()]
     factors = [float(x) for x in args.rate_factors.split(",") if x.strip()]
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
-    unknown = [p for p in policies if p not in POLICIES]
+    unknown = [p for p in policies if p.split(":")[0] not in POLICIES]
     if unknown:
         print(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}", file=sys.stderr)
         return 2
@@ -129,9 +132,18 @@ def sweep(argv) -> int:
     reqs = build_workload(spec, prompts.tokenizer, builder=prompts)
     overrides = dict(kv.split("=", 1) for kv in args.server_param)
     overrides.setdefault("max_model_len", str(args.max_model_len))
+    variant: dict[str, dict[str, str]] = {}
+    for item in args.variant_param:
+        label, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not (sep and eq):
+            print(f"--variant-param {item!r}: expected LABEL:KEY=VALUE", file=sys.stderr)
+            return 2
+        variant.setdefault(label, {})[key] = value
 
     apis = ["grpc", "openai"] if args.api == "both" else [args.api]
-    systems = [(OurServer(p, model=args.model, model_dir=str(model_dir), overrides=overrides, log_dir=out / "logs", api=api,
+    systems = [(OurServer(p.split(":")[0], model=args.model, model_dir=str(model_dir),
+                          overrides={**overrides, **variant.get(p.partition(":")[2], {})}, log_dir=out / "logs", api=api,
                           name=p if api == "grpc" else f"{p}-openai"), "bucketserve")
                for p in policies for api in apis]
     skipped = []
