@@ -142,8 +142,13 @@ def sweep(argv) -> int:
         variant.setdefault(label, {})[key] = value
 
     apis = ["grpc", "openai"] if args.api == "both" else [args.api]
+    from bucket_scheduler.runtime.api import EngineConfig
+
+    # Fair to static: the same max batch as every other system (max_num_seqs) unless a variant says otherwise.
+    same_batch = {"static": {"scheduler.max_batch_size": overrides.get("max_num_seqs", str(EngineConfig().max_num_seqs))}}
     systems = [(OurServer(p.split(":")[0], model=args.model, model_dir=str(model_dir),
-                          overrides={**overrides, **variant.get(p.partition(":")[2], {})}, log_dir=out / "logs", api=api,
+                          overrides={**overrides, **same_batch.get(p.split(":")[0], {}), **variant.get(p.partition(":")[2], {})},
+                          log_dir=out / "logs", api=api,
                           name=p if api == "grpc" else f"{p}-openai"), "bucketserve")
                for p in policies for api in apis]
     skipped = []
