@@ -52,7 +52,8 @@ pressure = st.lists(st.tuples(st.integers(0, 60), st.floats(0.0, 0.8)), max_size
 
 # Prefill whole, or in chunks of at most 48 tokens: the staging KV of a chunked prompt is
 # memory too (runner.kv_bytes() and the peak count it, the plan charges it).
-@pytest.fixture(scope="module", params=[{}, {"max_num_batched_tokens": 48, "chunked_prefill": True}],
+@pytest.fixture(scope="module", params=[{"max_num_batched_tokens": None, "chunked_prefill": False},
+                                        {"max_num_batched_tokens": 48, "chunked_prefill": True}],
                 ids=["whole", "chunked"])
 def engine(request):
     eng = make_engine(policy="bucket", max_model_len=MAX_MODEL_LEN, max_num_seqs=16, memory_fraction=0.9,
