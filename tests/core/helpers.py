@@ -27,6 +27,8 @@ def run_to_end(sched, now: float = 0.0, dt: float = 0.01, max_steps: int = 100_0
         if on_step:
             on_step(out, now)
         for r in out.running:
+            if r.is_prefilling:
+                continue  # prefilled in chunks: no token before its last chunk
             sched.on_tokens(r.request_id, 1, now)
             if r.num_generated >= r.max_new_tokens:
                 sched.finish(r.request_id, now)

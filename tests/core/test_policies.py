@@ -95,7 +95,8 @@ def test_unknown_policy_and_option():
     with pytest.raises(ValueError, match="max_batch_size"):
         make_scheduler("static", planner(), 4096, 8, max_batch_sise=4)
     assert set(POLICIES) == {"bucket", "static", "continuous", "uellm"}
-    assert policy_options("static") == {"max_batch_size": 8, "max_queue_delay_s": 0.1}
+    assert policy_options("static") == {"max_batch_size": 8, "max_queue_delay_s": 0.1,
+                                        "max_num_batched_tokens": None, "chunked_prefill": False}
 
 
 def test_static_waits_for_batch_or_delay_then_runs_to_completion():
@@ -118,9 +119,10 @@ def test_continuous_admits_every_step_within_token_budget():
         s.add(req(i, prompt=400, new=5))
     out = s.schedule(0.0)
     assert [r.request_id for r in out.prefill] == ["0", "1"]  # 800 tokens; a third would pass 1000
+    assert len(out.running) == 5  # all admitted (slots, memory); "2".."4" wait for their prefill
     out = s.schedule(0.1)
-    assert [r.request_id for r in out.prefill] == ["2", "3"]  # 2 running + 800 prefill <= 1000
-    assert len(out.running) == 4
+    assert [r.request_id for r in out.prefill] == ["2", "3"]  # 800 prefill tokens <= 1000
+    assert sum(not r.is_prefilling for r in out.running) == 4
 
 
 def test_uellm_groups_by_deadline_and_padding_rule():

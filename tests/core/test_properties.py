@@ -27,6 +27,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.n = 0
         self.admitted_count = {}
+        self.progress = {}  # request id -> prompt tokens its chunks computed so far
 
     @rule(prompt=st.integers(1, 1800), new=st.integers(1, 300), online=st.booleans(), priority=st.integers(0, 2))
     def add(self, prompt, new, online, priority):
@@ -53,16 +54,40 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(r.state is RequestState.WAITING for r in out.preempted)
         assert not ({r.request_id for r in out.preempted} & set(ids))
         assert {r.request_id for r in out.preempted} <= was_running
-        assert {r.request_id for r in out.prefill} <= waiting_before
+        admitted = [r for r in out.running if r.request_id not in was_running]
+        assert {r.request_id for r in admitted} <= waiting_before
         # planned memory never exceeds the budget, also right after it shrank
         assert out.stats.planned_kv_bytes <= out.stats.budget_bytes
-        for r in out.prefill:
+        for r in admitted:
             self.admitted_count[r.request_id] = self.admitted_count.get(r.request_id, 0) + 1
-        self.check_policy(out, was_running, waiting_before)
+        self.check_prefill(out, was_running)
+        self.check_policy(out, was_running, waiting_before, admitted)
         for r in out.running:
-            self.sched.on_tokens(r.request_id, tokens, self.now)
+            if not r.is_prefilling:  # a request still prefilled in chunks gets no token yet
+                self.sched.on_tokens(r.request_id, tokens, self.now)
 
-    def check_policy(self, out, was_running, waiting_before):
+    def check_prefill(self, out, was_running):
+        """The token budget holds every step; chunks of a request follow each other and end at its
+        prefill's length; the requests joining the batch are those whose last chunk ran."""
+        cfg = self.sched.prefill
+        total = sum(c.tokens for c in out.chunks)
+        if cfg.max_num_batched_tokens is not None:
+            assert total <= cfg.max_num_batched_tokens or (len(out.chunks) == 1 and not cfg.chunking)
+        preempted = {r.request_id for r in out.preempted}
+        self.progress = {k: v for k, v in self.progress.items() if k in was_running and k not in preempted}
+        for c in out.chunks:
+            rid = c.req.request_id
+            assert c.start == self.progress.get(rid, 0) < c.stop <= c.req.seq_len
+            self.progress[rid] = c.stop
+            if c.last:
+                assert c.stop == c.req.seq_len
+                del self.progress[rid]
+        assert [c.req for c in out.chunks if c.last] == out.prefill
+        for r in out.running:  # what is left to prefill is what its chunks have not computed
+            assert r.prefill_left == (r.seq_len - self.progress.get(r.request_id, 0) if r.is_prefilling else 0)
+        assert set(self.progress) <= {r.request_id for r in out.running if r.is_prefilling}
+
+    def check_policy(self, out, was_running, waiting_before, admitted):
         pass
 
     @precondition(lambda self: self.sched.num_running > 0)
@@ -101,7 +126,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 class BucketMachine(SchedulerMachine):
     policy = "bucket"
 
-    def check_policy(self, out, was_running, waiting_before):
+    def check_policy(self, out, was_running, waiting_before, admitted):
         mgr = self.sched.buckets
         # ranges partition [0, MAX_LEN) without overlap and never exceed the bound
         assert mgr.buckets[0].low == 0 and mgr.buckets[-1].up == MAX_LEN
@@ -116,7 +141,6 @@ class BucketMachine(SchedulerMachine):
         assert [depth[id(b)] for b in mgr.buckets] == [b.count for b in mgr.buckets]
         # online before offline: an offline admission leaves no online request waiting in
         # its bucket, and a fresh batch starts with an online request when one is waiting
-        admitted = out.prefill
         before = [self.accepted[rid] for rid in waiting_before]
         starving = any(self.now - r.arrival_time > self.sched.refill.max_wait_s for r in before)  # the guard may win
         if admitted and not was_running and not starving and any(r.is_online for r in before):
@@ -146,8 +170,8 @@ class StaticMachine(SchedulerMachine):
     policy = "static"
     options = {"max_batch_size": 4, "max_queue_delay_s": 0.2}
 
-    def check_policy(self, out, was_running, waiting_before):
-        if out.prefill:
+    def check_policy(self, out, was_running, waiting_before, admitted):
+        if admitted:
             assert not was_running or set(was_running) == {r.request_id for r in out.preempted}
 
 
@@ -158,9 +182,9 @@ class ContinuousMachine(SchedulerMachine):
 class UellmMachine(SchedulerMachine):
     policy = "uellm"
 
-    def check_policy(self, out, was_running, waiting_before):
-        if out.prefill:
-            assert len(out.prefill) <= 10
+    def check_policy(self, out, was_running, waiting_before, admitted):
+        if admitted:
+            assert len(admitted) <= 10
             assert not (was_running - {r.request_id for r in out.preempted})
 
 
@@ -192,3 +216,43 @@ AnyScopeMachine.TestCase.settings = _settings
 AutoScopeMachine.TestCase.settings = _settings
 TestAnyScope = AnyScopeMachine.TestCase
 TestAutoScope = AutoScopeMachine.TestCase
+
+
+# The per-step prefill token budget (core/prefill.py) under every policy, with and without chunks.
+BUDGET = {"max_num_batched_tokens": 700}
+CHUNKED = {"max_num_batched_tokens": 500, "chunked_prefill": True}
+
+
+class BucketChunkedMachine(BucketMachine):
+    options = {"bucket_mode": "median", "max_buckets": 6, **CHUNKED}
+
+
+class WideChunkedMachine(BucketMachine):
+    options = {"bucket_mode": "median", "max_buckets": 6, "refill_scope": "wide", **CHUNKED}
+
+
+class ContinuousBudgetMachine(ContinuousMachine):
+    options = BUDGET
+
+
+class ContinuousChunkedMachine(ContinuousMachine):
+    options = CHUNKED
+
+
+class StaticChunkedMachine(StaticMachine):
+    options = {**StaticMachine.options, **CHUNKED}
+
+
+class UellmBudgetMachine(UellmMachine):
+    options = BUDGET
+
+
+for _m in (BucketChunkedMachine, WideChunkedMachine, ContinuousBudgetMachine, ContinuousChunkedMachine,
+           StaticChunkedMachine, UellmBudgetMachine):
+    _m.TestCase.settings = _settings
+TestBucketChunked = BucketChunkedMachine.TestCase
+TestWideChunked = WideChunkedMachine.TestCase
+TestContinuousBudget = ContinuousBudgetMachine.TestCase
+TestContinuousChunked = ContinuousChunkedMachine.TestCase
+TestStaticChunked = StaticChunkedMachine.TestCase
+TestUellmBudget = UellmBudgetMachine.TestCase

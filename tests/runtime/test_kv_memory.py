@@ -50,30 +50,51 @@ arrivals = st.builds(Arrival, step=st.integers(0, 40), words=st.integers(1, 120)
 pressure = st.lists(st.tuples(st.integers(0, 60), st.floats(0.0, 0.8)), max_size=4)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = make_engine(policy="bucket", max_model_len=MAX_MODEL_LEN, max_num_seqs=16, memory_fraction=0.9)
+# Prefill whole, or in chunks of at most 48 tokens: the staging KV of a chunked prompt is
+# memory too (runner.kv_bytes() and the peak count it, the plan charges it).
+@pytest.fixture(scope="module", params=[{"max_num_batched_tokens": None, "chunked_prefill": False},
+                                        {"max_num_batched_tokens": 48, "chunked_prefill": True}],
+                ids=["whole", "chunked"])
+def engine(request):
+    eng = make_engine(policy="bucket", max_model_len=MAX_MODEL_LEN, max_num_seqs=16, memory_fraction=0.9,
+                      scheduler_options=request.param)
     yield eng  # never started: the test steps it
     eng.shutdown(timeout_s=0)
 
 
 def _run(engine, workload: list[Arrival], events: list[tuple[int, float]], total: int) -> dict:
     kv = engine.runner.kv
-    probe = DroppingProbe(total, kv.nbytes)
+    probe = DroppingProbe(total, engine.runner.kv_bytes)
     engine.planner.probe = probe
     tensors = 2 * kv.num_layers
     sink, live, cancel_at = Collector(), set(), {}
     plans: list[int] = []  # the plan of every set of rows the runner held during a step
     runner, prefill = engine.runner, engine.runner.prefill
 
+    def plan_of(rows, staged) -> int:
+        """The scheduler's plan: a request prefilled in chunks is one of the running set, and
+        its staging KV is charged besides."""
+        shape = BatchShape.of(s.worst_tokens for s in [*rows, *(s for s in staged if s not in rows)])
+        shape.staged_tokens = sum(s.worst_tokens for s in staged)
+        return engine.planner.planned_kv_bytes(shape)
+
     def plan_now() -> int:
-        return engine.planner.planned_kv_bytes(BatchShape.of(s.worst_tokens for s in runner.rows))
+        return plan_of(runner.rows, [st.seq for st in runner.staging.values()])
 
     def prefill_and_note(seqs):
-        plans.append(engine.planner.planned_kv_bytes(BatchShape.of(s.worst_tokens for s in [*runner.rows, *seqs])))
+        plans.append(plan_of([*runner.rows, *seqs], [st.seq for st in runner.staging.values()]))
         prefill(seqs)
 
+    def chunk_and_note(seq, start, stop):
+        staged = [st.seq for st in runner.staging.values()]
+        plans.append(plan_of(runner.rows, staged if seq in staged else [*staged, seq]))
+        if stop == len(seq.input_ids):  # it joins: a row of the batch while its staging KV still holds it
+            plans.append(plan_of([*runner.rows, seq], staged if seq in staged else [*staged, seq]))
+        return chunk(seq, start, stop)
+
     runner.prefill = prefill_and_note
+    chunk = runner.prefill_chunk
+    runner.prefill_chunk = chunk_and_note
     worst = {"held_over": 0, "steps": 0}
     for step in range(3000):
         for i, a in enumerate(workload):
@@ -95,9 +116,9 @@ def _run(engine, workload: list[Arrival], events: list[tuple[int, float]], total
             if at == step:
                 engine.cancel(rid)
                 del cancel_at[rid]
-        budget = engine.planner.budget_bytes(kv.nbytes())
-        held_before = kv.nbytes()
-        kv.peak_bytes = held_before
+        budget = engine.planner.budget_bytes(runner.kv_bytes())
+        held_before = runner.kv_bytes()
+        kv.peak_bytes = held_before  # the meter the batch and the staging KVs share
         plans[:] = [plan_now()]
         engine._step()
         plans.append(plan_now())
@@ -107,7 +128,7 @@ def _run(engine, workload: list[Arrival], events: list[tuple[int, float]], total
         else:  # pressure from outside: this step gives memory back without going past what we held
             worst["held_over"] += 1
             assert kv.peak_bytes <= held_before + budget // tensors + 1, (step, kv.peak_bytes, held_before, budget)
-        assert kv.nbytes() <= budget, (step, kv.nbytes(), budget)
+        assert runner.kv_bytes() <= budget, (step, runner.kv_bytes(), budget)
         # What we allocate is what the planner plans: a reallocation is sized to the rows held
         # then, its peak within the larger plan (or what we held already, plus one tensor).
         allowed = max(held_before + -(-held_before // tensors), *plans)
@@ -116,7 +137,7 @@ def _run(engine, workload: list[Arrival], events: list[tuple[int, float]], total
         live -= done
         if not live and step > max((a.step for a in workload), default=0) and not cancel_at:
             break
-    runner.prefill = prefill
+    runner.prefill, runner.prefill_chunk = prefill, chunk
     assert not live, f"requests never finished: {sorted(live)[:5]}"
     for rid in sink.outputs:
         sink.final(rid)  # exactly one final each

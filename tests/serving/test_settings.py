@@ -96,3 +96,27 @@ def test_readme_defaults_are_the_engine_defaults(repo_root):
         cell = "" if cell in ("empty", "(empty)") else cell
         parsed = engine_config_from_parameters({name: cell}) if cell else default
         assert getattr(parsed, name) == getattr(default, name), (name, cell)
+
+
+def test_prefill_budget_and_chunking_are_settings_every_policy_takes():
+    from bucket_scheduler.core.factory import make_scheduler
+    from bucket_scheduler.core.memory import FixedProbe, KVSpec, MemoryPlanner
+
+    cfg = engine_config_from_parameters({"scheduler.max_num_batched_tokens": "192", "scheduler.chunked_prefill": "true"})
+    assert cfg.scheduler_options == {"max_num_batched_tokens": 192, "chunked_prefill": True}
+    planner = MemoryPlanner(KVSpec(num_layers=2, num_kv_heads=2, head_dim=8), FixedProbe(1 << 30))
+    for policy in ("bucket", "static", "continuous", "uellm"):
+        cfg.policy = policy
+        sched = make_scheduler(policy, planner, 1024, 8, **cfg.policy_options())
+        assert sched.prefill.max_num_batched_tokens == 192 and sched.prefill.chunking
+
+
+def test_readme_documents_the_engine_prefill_defaults(repo_root):
+    """The README rows of the shared prefill options state what the engine runs by default."""
+    from bucket_scheduler.runtime.api import RUNTIME_SCHEDULER_DEFAULTS
+
+    readme = (repo_root / "README.md").read_text()
+    for option in ("max_num_batched_tokens", "chunked_prefill"):
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `scheduler.{option}` |"))
+        cell = row.split("|")[2].strip().strip("`")
+        assert json.loads(cell) == RUNTIME_SCHEDULER_DEFAULTS["bucket"][option], (option, cell)

@@ -6,7 +6,8 @@ runtime/probes.py.
 
 Public API:
     request.py    Request, RequestState, RequestClass            (the scheduler's view of a request)
-    interface.py  Scheduler protocol, SchedulerOutput, StepStats, BucketInfo
+    interface.py  Scheduler protocol, SchedulerOutput, PrefillChunk, StepStats, BucketInfo
+    prefill.py    PrefillConfig: the per-step prefill token budget and chunked prefill (every policy)
     factory.py    make_scheduler(policy, planner, max_model_len, max_num_seqs, **options)
                   policy_options(policy) -> {option: default}; POLICIES
     memory.py     KVSpec, MemoryPlanner, BatchShape, MemoryProbe, FixedProbe, FileProbe,

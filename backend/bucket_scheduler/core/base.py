@@ -2,8 +2,9 @@
 
 A policy subclass keeps its own waiting structure and implements four hooks:
 `_enqueue(req, requeue)`, `_dequeue(req)` (cancel of a waiting request),
-`_num_waiting()` and `_admit(now, budget, out)` (append admissions to
-out.prefill, and make sure they are in self.running).
+`_num_waiting()` and `_admit(now, budget, out)` (start admissions with `_start`, fitting
+memory with `_plus`). How much of the admitted prompts each step computes is the base's
+(prefill.py: the per-step token budget and chunked prefill, the same for every policy).
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import time
 
 from .interface import SchedulerOutput, StepStats
 from .memory import BatchShape, MemoryPlanner
+from .prefill import PrefillConfig, plan_prefill
 from .request import Request, RequestState
 
 
 class SchedulerBase:
     policy_name = "base"
     CONFIGS: dict[str, type] = {}  # constructor argument -> its config dataclass (factory.py)
+    SHARED_CONFIGS: dict[str, type] = {"prefill": PrefillConfig}  # every policy's
 
-    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int):
+    def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
+                 prefill: PrefillConfig = PrefillConfig()):
         if max_model_len < 1 or max_num_seqs < 1:
             raise ValueError("max_model_len and max_num_seqs must be >= 1")
         self.planner = planner
+        self.prefill = prefill
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.kv_bytes_in_use = 0
@@ -60,6 +65,8 @@ class SchedulerBase:
         self._fit_running(budget, out)
         if not out.preempted:  # memory just shrank: admit nothing this step
             self._admit(now, budget, out)
+        out.chunks = plan_prefill(self.running, self.prefill)
+        out.prefill = [c.req for c in out.chunks if c.last]
         out.running = list(self.running)
         self._fill_stats(now, budget, out)
         out.stats.decision_us = (time.perf_counter() - t0) * 1e6
@@ -107,7 +114,8 @@ class SchedulerBase:
                 f"prompt {req.prompt_len} + max_tokens {req.max_new_tokens} "
                 f"exceeds max_model_len {self.max_model_len}"
             )
-        return self.planner.never_fits_reason(req, self.planner.budget_bytes(self.kv_bytes_in_use))
+        return self.planner.never_fits_reason(req, self.planner.budget_bytes(self.kv_bytes_in_use),
+                                              staged=self.prefill.chunking)
 
     def _end(self, request_id: str, now: float, state: RequestState) -> None:
         req = self.requests.pop(request_id, None)
@@ -125,13 +133,26 @@ class SchedulerBase:
             self._on_finished(req)
 
     def _start(self, req: Request, out: SchedulerOutput) -> None:
+        """Admit: it holds a slot and memory from now on; its prefill is planned after _admit."""
         req.state = RequestState.RUNNING
+        req.prefill_left = req.seq_len  # the prompt, plus what it generated before a preemption
         self.running.append(req)
-        out.prefill.append(req)
+
+    def _plus(self, shape: BatchShape, req: Request) -> BatchShape:
+        """The shape with `req` admitted (its staging KV counted when it may be chunked)."""
+        return shape.plus(self.planner.worst_tokens(req), staged=self.prefill.chunking)
 
     def running_shape(self) -> BatchShape:
         w = self.planner.worst_tokens
-        return BatchShape.of(w(r) for r in self.running)
+        shape = BatchShape.of(w(r) for r in self.running)
+        if self.prefill.chunking:
+            shape.staged_tokens = sum(w(r) for r in self.running if r.is_prefilling)
+        return shape
+
+    @classmethod
+    def configs(cls) -> dict[str, type]:
+        """Constructor argument -> config dataclass, the shared ones included (factory.py)."""
+        return {**cls.SHARED_CONFIGS, **cls.CONFIGS}
 
     def _fit_running(self, budget: int, out: SchedulerOutput) -> None:
         """Preempt the most recently admitted requests until the running set fits."""
@@ -141,6 +162,7 @@ class SchedulerBase:
             req = self.running.pop()
             self._on_leave_running(req)
             req.state = RequestState.WAITING
+            req.prefill_left = 0  # a half-prefilled request starts over (the runner drops its chunks)
             req.times_preempted += 1
             out.preempted.append(req)
         # latest admitted first: FIFO queues push to the front, so the earliest ends up first
@@ -159,8 +181,10 @@ class SchedulerBase:
         st.num_waiting = self._num_waiting()
         st.num_prefill = len(out.prefill)
         st.num_preempted = len(out.preempted)
-        if out.prefill:
-            lens = [r.seq_len for r in out.prefill]
+        st.prefill_tokens = sum(c.tokens for c in out.chunks)
+        st.num_prefilling = sum(r.is_prefilling for r in self.running)
+        if out.chunks:
+            lens = [c.tokens for c in out.chunks]
             st.prefill_padding_efficiency = sum(lens) / (len(lens) * max(lens))
         st.planned_kv_bytes = self.planner.planned_bytes(self.running_shape())
         st.budget_bytes = budget

@@ -3,7 +3,8 @@
     make_scheduler(policy, planner, max_model_len, max_num_seqs, **options)
 
 policy: "bucket" | "static" | "continuous" | "uellm".  A policy class names its parts'
-config dataclasses in CONFIGS ({constructor argument: dataclass}); options are the fields of
+config dataclasses in CONFIGS ({constructor argument: dataclass}; every policy also takes
+SchedulerBase.SHARED_CONFIGS: the prefill token budget, core/prefill.py); options are the fields of
 those dataclasses, given flat (`scheduler.<option>` in the settings) and handed to the part
 that owns them. Each default lives in its dataclass. An unknown option raises ValueError
 naming the accepted ones, so a typo in config.pbtxt fails loudly.
@@ -30,7 +31,7 @@ POLICIES = {
 
 def policy_options(policy: str) -> dict[str, object]:
     """Option names of a policy and their defaults."""
-    return {f.name: f.default for cfg in _cls(policy).CONFIGS.values() for f in dataclasses.fields(cfg)}
+    return {f.name: f.default for cfg in _cls(policy).configs().values() for f in dataclasses.fields(cfg)}
 
 
 def _cls(policy: str):
@@ -51,6 +52,6 @@ def make_scheduler(
         )
     parts = {
         arg: cfg(**{f.name: options[f.name] for f in dataclasses.fields(cfg) if f.name in options})
-        for arg, cfg in cls.CONFIGS.items()
+        for arg, cfg in cls.configs().items()
     }
     return cls(planner, max_model_len, max_num_seqs, **parts)

@@ -9,8 +9,10 @@ Drivers: the torch engine (runtime/engine.py), the cost-model replay
     sched.finish(req_id, now) / sched.cancel(req_id, now)
 
 Iteration-level model: every engine step calls schedule(); the output names
-everything the runner must add, keep and drop: the requests to prefill this
-step (new admissions, to be joined to the running batch), the ones to preempt
+everything the runner must add, keep and drop: the prompt tokens to prefill this
+step (out.chunks: whole prompts of new admissions, or chunks of long ones under the
+per-step token budget), the requests that join the running batch (out.prefill: their
+prefill completes this step), the ones to preempt
 (drop their KV; they are WAITING again and will be recomputed later), the
 running requests that ended (finish() / cancel()) since the last schedule(), and
 the full running set to decode. The scheduler owns which requests run; a driver
@@ -42,7 +44,9 @@ class StepStats:
     buckets: list[BucketInfo] = field(default_factory=list)
     batch_size: int = 0  # running after this step's admissions
     num_waiting: int = 0
-    num_prefill: int = 0
+    num_prefill: int = 0  # requests joining the decode batch this step
+    prefill_tokens: int = 0  # prompt tokens computed this step (whole prompts and chunks)
+    num_prefilling: int = 0  # running requests whose prefill is not complete after this step
     num_preempted: int = 0
     bucket_low: int | None = None  # range of the bucket the batch came from (None: no grouping)
     bucket_up: int | None = None
@@ -55,12 +59,43 @@ class StepStats:
     decision_us: float = 0.0
 
 
+@dataclass(frozen=True)
+class PrefillChunk:
+    """Prompt tokens [start, stop) of a request's (re)prefill (its prompt plus any tokens it had
+    generated before a preemption) to compute this step."""
+
+    req: Request
+    start: int
+    stop: int
+
+    @property
+    def tokens(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def whole(self) -> bool:
+        """The whole prefill in one go (no chunk before or after it)."""
+        return self.start == 0 and self.req.prefill_left == 0
+
+    @property
+    def last(self) -> bool:
+        """Its prefill ends with this chunk: the request joins the decode batch."""
+        return self.req.prefill_left == 0
+
+
 @dataclass
 class SchedulerOutput:
+    # Requests whose prefill completes this step (whole, or its last chunk): they join the
+    # decode batch and get their first token.
     prefill: list[Request] = field(default_factory=list)
+    # Every prefill computation of this step, in order: whole prompts and chunks (at most
+    # max_num_batched_tokens tokens together, see base.py).
+    chunks: list[PrefillChunk] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)  # ids that left the running set by finish / cancel
-    running: list[Request] = field(default_factory=list)  # decode set after admissions, includes prefill
+    # Every running request after admissions: the decode set, this step's prefill, and requests
+    # still being prefilled in chunks (is_prefilling: they hold a slot but do not decode).
+    running: list[Request] = field(default_factory=list)
     stats: StepStats = field(default_factory=StepStats)
 
     @property

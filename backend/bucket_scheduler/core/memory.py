@@ -14,6 +14,7 @@ A fixed: or file: figure is all the memory there is for us, our KV included
 Planned memory of a batch (the worst case it can ever reach):
 
     padded      (default)  N * max_i(prompt_i + max_new_i) * bytes_per_token + activations
+                           (+ each request prefilled in chunks: its own one-row staging KV)
     per_request            sum_i(prompt_i + max_new_i) * bytes_per_token + activations
 
 "padded" is the paper's formula (N x S_max, S_max including the tokens still
@@ -164,14 +165,18 @@ def make_config_probe(spec: str) -> MemoryProbe | None:
 
 @dataclass
 class BatchShape:
-    """What the planner needs to know about a set of sequences: size, sum and max of worst-case tokens."""
+    """What the planner needs to know about a set of sequences: size, sum and max of worst-case
+    tokens, and the worst-case tokens of those prefilled in chunks outside the batch (`staged`:
+    a padded runtime keeps each in a one-row staging KV until its last chunk, then copies it in)."""
 
     n: int = 0
     sum_tokens: int = 0
     max_tokens: int = 0
+    staged_tokens: int = 0
 
-    def plus(self, tokens: int) -> "BatchShape":
-        return BatchShape(self.n + 1, self.sum_tokens + tokens, max(self.max_tokens, tokens))
+    def plus(self, tokens: int, staged: bool = False) -> "BatchShape":
+        return BatchShape(self.n + 1, self.sum_tokens + tokens, max(self.max_tokens, tokens),
+                          self.staged_tokens + (tokens if staged else 0))
 
     @classmethod
     def of(cls, token_counts: Iterable[int]) -> "BatchShape":
@@ -222,7 +227,7 @@ class MemoryPlanner:
             return 0
         if self.accounting == "padded":
             rows = -(-shape.n // self.kv.row_align) * self.kv.row_align
-            kv = rows * shape.max_tokens * self.bytes_per_token
+            kv = (rows * shape.max_tokens + shape.staged_tokens) * self.bytes_per_token
         else:
             kv = shape.sum_tokens * self.bytes_per_token
         if self.kv.realloc_tensors:
@@ -254,9 +259,10 @@ class MemoryPlanner:
                 hi = mid - 1
         return int(lo)
 
-    def never_fits_reason(self, req, budget: int) -> str | None:
-        """Why a lone request can never run under this budget (None if it can)."""
-        need = self.planned_bytes(BatchShape(1, self.worst_tokens(req), self.worst_tokens(req)))
+    def never_fits_reason(self, req, budget: int, staged: bool = False) -> str | None:
+        """Why a lone request can never run under this budget (None if it can); staged: it may
+        be prefilled in chunks (its staging KV counts too)."""
+        need = self.planned_bytes(BatchShape().plus(self.worst_tokens(req), staged))
         if need > budget:
             return (
                 f"worst-case KV {need} bytes ({fmt_gib(need)}) for prompt {req.prompt_len} + max_tokens "

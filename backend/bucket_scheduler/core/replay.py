@@ -7,8 +7,9 @@ inference traces).  Each row becomes a request arriving at its timestamp
 (relative to the first row, times --time-scale) with prompt_len = ContextTokens
 and max_new_tokens = GeneratedTokens (or --max-new-tokens, the request then
 stops at min(GeneratedTokens, that cap), as if EOS came).  The driver behaves
-like the engine: every step it calls schedule(now), prefills out.prefill,
-decodes the rest of out.running, advances the clock by CostModel.step_s (clock.py),
+like the engine: every step it calls schedule(now), prefills out.chunks (whole
+prompts, or chunks under the token budget), decodes the rest of out.running (not those
+still prefilling), advances the clock by CostModel.step_s (clock.py),
 then reports one token per running request and finishes those that are done.
 
 Padding efficiency = useful / computed token slots over all prefill and decode
@@ -133,11 +134,11 @@ def replay(
             now = t if t > now else now + idle_tick_s
             continue
         idle_guard = 0
-        if out.prefill:
+        if out.chunks:
             batches += 1
         new_ids = {r.request_id for r in out.prefill}
-        pre_lens = [r.seq_len for r in out.prefill]
-        dec_lens = [r.seq_len for r in out.running if r.request_id not in new_ids]
+        pre_lens = [c.tokens for c in out.chunks]  # whole prompts, or chunks under the token budget
+        dec_lens = [r.seq_len for r in out.running if r.request_id not in new_ids and not r.is_prefilling]
         prefill_slots.add(pre_lens)
         decode_slots.add(dec_lens)
         if dec_lens:
@@ -145,6 +146,8 @@ def replay(
             decode_seqs += len(dec_lens)
         now += cost.step_s(pre_lens, dec_lens)
         for r in out.running:
+            if r.is_prefilling:
+                continue  # no token before its last chunk
             sched.on_tokens(r.request_id, 1, now)
             out_tokens += 1
             if r.num_generated >= stop_at[r.request_id]:

@@ -44,6 +44,9 @@ class Request:
     state: RequestState = RequestState.WAITING
     reject_reason: str | None = None
     num_generated: int = 0  # tokens produced so far (the engine reports them)
+    # Tokens of its (re)prefill not computed yet: set at admission, counted down by the chunks
+    # the scheduler plans. While > 0 the request is running (slot and memory held) but not decoding.
+    prefill_left: int = 0
     first_token_time: float | None = None
     finish_time: float | None = None
     times_preempted: int = 0
@@ -62,6 +65,10 @@ class Request:
     def seq_len(self) -> int:
         """Tokens it holds now (prompt plus generated)."""
         return self.prompt_len + self.num_generated
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.prefill_left > 0
 
     def effective_deadline(self) -> float | None:
         if self.deadline is not None:

@@ -26,6 +26,11 @@ Each step (iteration-level, see interface.py):
    With refill_scope="any" (not the default) free slots may also go to other
    buckets' best requests when their length passes that same padding test: the
    batch then follows its own growing lengths instead of one bucket.
+   With refill_scope="wide" each step's newcomers come from ONE bucket, the one
+   ranked first now (the longest-waiting request's when it waited past
+   max_wait_s), so a prefill batch has little padding, while the decode batch
+   holds rows of any bucket: free slots are refilled every step, with no padding
+   test (for a runtime whose decode step costs about the same for 3 rows as for 32).
 Admission stops at the first request whose worst case would exceed the budget.
 """
 
@@ -39,6 +44,7 @@ from .buckets import Bucket, BucketManager
 from .interface import SchedulerOutput, StepStats
 from .memory import BatchShape, MemoryPlanner
 from .policy import OrderPolicy
+from .prefill import PrefillConfig
 from .request import Request
 
 
@@ -49,12 +55,12 @@ class RefillConfig:
 
     refill_padding_target: float = 0.9
     max_wait_s: float = 5.0
-    refill_scope: str = "bucket"  # bucket | any | auto
+    refill_scope: str = "bucket"  # bucket | any | auto | wide
     online_rescue: bool = True
 
     def __post_init__(self):
-        if self.refill_scope not in ("bucket", "any", "auto"):
-            raise ValueError(f"refill_scope must be 'bucket', 'any' or 'auto', got {self.refill_scope!r}")
+        if self.refill_scope not in ("bucket", "any", "auto", "wide"):
+            raise ValueError(f"refill_scope must be 'bucket', 'any', 'auto' or 'wide', got {self.refill_scope!r}")
 
 
 class BucketScheduler(SchedulerBase):
@@ -63,8 +69,8 @@ class BucketScheduler(SchedulerBase):
 
     def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
                  layout: BoundaryConfig = BoundaryConfig(), order: OrderPolicy = OrderPolicy(),
-                 refill: RefillConfig = RefillConfig()):
-        super().__init__(planner, max_model_len, max_num_seqs)
+                 refill: RefillConfig = RefillConfig(), prefill: PrefillConfig = PrefillConfig()):
+        super().__init__(planner, max_model_len, max_num_seqs, prefill)
         self.order, self.refill = order, refill
         self.buckets = BucketManager(max_model_len, layout, order)
         self._last_now: float | None = None
@@ -132,7 +138,8 @@ class BucketScheduler(SchedulerBase):
             self._refill_any(now, budget, out)
             return
         bucket = None
-        if refill:
+        wide = self.refill.refill_scope == "wide"
+        if refill and not wide:
             active = self.active_bucket()
             if active is not None and not self._should_drain(active, now):
                 bucket = active
@@ -143,7 +150,7 @@ class BucketScheduler(SchedulerBase):
             else:
                 bucket = self.buckets.select()
         if bucket is not None:
-            self._fill_from(bucket, refill, budget, out)
+            self._fill_from(bucket, refill and not wide, budget, out)
         if self.refill.refill_scope == "auto":
             self._fill_shallow(budget, out)
         if self.refill.online_rescue and self.running and self.buckets.count:
@@ -179,7 +186,7 @@ class BucketScheduler(SchedulerBase):
 
     def _take(self, req: Request, shape: BatchShape, budget: int, out: SchedulerOutput) -> BatchShape | None:
         """Admit `req` when the batch with it still fits the budget: the new shape, else None."""
-        nxt = shape.plus(self.planner.worst_tokens(req))
+        nxt = self._plus(shape, req)
         if not self.planner.fits(nxt, budget):
             return None
         self.buckets.remove(req)
@@ -259,5 +266,5 @@ class BucketScheduler(SchedulerBase):
     def _extra_stats(self, st: StepStats) -> None:
         st.buckets = self.buckets.infos(self.n_max)
         b = self.active_bucket()
-        if b is not None and self.running and self.refill.refill_scope != "any":
+        if b is not None and self.running and self.refill.refill_scope not in ("any", "wide"):
             st.bucket_low, st.bucket_up = b.low, b.up

@@ -18,6 +18,7 @@ from .base import SchedulerBase
 from .fifo import FifoQueue, FifoWaiting
 from .interface import SchedulerOutput
 from .memory import BatchShape, MemoryPlanner
+from .prefill import PrefillConfig
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class StaticScheduler(FifoWaiting, SchedulerBase):
     CONFIGS = {"config": StaticConfig}
 
     def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
-                 config: StaticConfig = StaticConfig()):
-        super().__init__(planner, max_model_len, max_num_seqs)
+                 config: StaticConfig = StaticConfig(), prefill: PrefillConfig = PrefillConfig()):
+        super().__init__(planner, max_model_len, max_num_seqs, prefill)
         self.batch_size = min(config.max_batch_size, max_num_seqs)
         self.max_queue_delay_s = config.max_queue_delay_s
         self.queue = FifoQueue()
@@ -50,7 +51,7 @@ class StaticScheduler(FifoWaiting, SchedulerBase):
         shape = BatchShape()
         while len(self.running) < self.batch_size and len(self.queue):
             req = self.queue.peek()
-            nxt = shape.plus(self.planner.worst_tokens(req))
+            nxt = self._plus(shape, req)
             if not self.planner.fits(nxt, budget):
                 break
             self.queue.pop()

@@ -25,6 +25,7 @@ from .base import SchedulerBase
 from .interface import SchedulerOutput
 from .memory import BatchShape, MemoryPlanner
 from .predictor import OutputLengthPredictor, make_predictor
+from .prefill import PrefillConfig
 from .request import Request, RequestState
 
 
@@ -41,8 +42,8 @@ class UellmScheduler(SchedulerBase):
     CONFIGS = {"config": UellmConfig}
 
     def __init__(self, planner: MemoryPlanner, max_model_len: int, max_num_seqs: int,
-                 config: UellmConfig = UellmConfig()):
-        super().__init__(planner, max_model_len, max_num_seqs)
+                 config: UellmConfig = UellmConfig(), prefill: PrefillConfig = PrefillConfig()):
+        super().__init__(planner, max_model_len, max_num_seqs, prefill)
         p = config.predictor
         self.predictor = make_predictor(p) if isinstance(p, str) else p
         self.group_size = min(config.group_size, max_num_seqs)
@@ -93,7 +94,7 @@ class UellmScheduler(SchedulerBase):
             joins = not group or q_out <= cur_max or (
                 (q_out - cur_max) * (len(group) + 1) * 1.2 <= self.padding_limit
             )
-            nxt = shape.plus(self.planner.worst_tokens(q))
+            nxt = self._plus(shape, q)
             if not joins or not self.planner.fits(nxt, budget):
                 heapq.heappush(self._heap, item)
                 break

@@ -131,4 +131,17 @@ class EngineConfig:
 # the waiting lengths (a split always makes progress; the paper's rule stays available as
 # bucket_mode=algorithm1) with no refill padding target (measured in docs/benchmarks.md, Engine).
 # The core's own defaults (core/boundaries.py, core/scheduler.py) suit a fully padded runtime.
-RUNTIME_SCHEDULER_DEFAULTS = {"bucket": {"bucket_mode": "median", "refill_padding_target": 0.0}}
+#
+# Prefill mixed into decode (bucket and continuous): at most 256 prompt tokens a step, longer
+# prompts in chunks, so the running rows keep decoding while newcomers are prefilled; without
+# a budget the batch alternated between decoding and prefilling whole admissions (TTFT p50 4-12x,
+# TPOT p99 8-16x worse on the Azure mix: docs/benchmarks.md, Engine, "Prefill mixed into decode").
+# static and uellm stay the batchers they stand for (a batch prefilled at once). The bucket
+# policy takes each step's newcomers from one bucket (little prefill padding) and decodes across
+# buckets (refill_scope=wide: a CPU decode step costs about the same for 3 rows as for 32);
+# it beat refilling from the running batch's bucket only in the same measurements.
+PREFILL_DEFAULTS = {"max_num_batched_tokens": 256, "chunked_prefill": True}
+RUNTIME_SCHEDULER_DEFAULTS = {
+    "bucket": {"bucket_mode": "median", "refill_padding_target": 0.0, "refill_scope": "wide", **PREFILL_DEFAULTS},
+    "continuous": dict(PREFILL_DEFAULTS),
+}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.factory import make_scheduler
-from ..core.interface import StepStats
+from ..core.interface import PrefillChunk, StepStats
 from ..core.memory import MemoryPlanner
 from .admission import Admission, Health
 from .api import ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, Overloaded
@@ -223,9 +223,11 @@ class Engine:
                 self._fail_all("internal engine error", reset=True)
 
     def _step(self) -> None:
-        """One iteration, as nano-vllm's step(): schedule -> run -> postprocess. The run has two
-        passes (prefill the newcomers into the batch, then decode every row), each followed by
-        its postprocess, so a first token goes out as soon as it exists."""
+        """One iteration, as nano-vllm's step(): schedule -> run -> postprocess. The run has up
+        to three passes (prefill the newcomers whose whole prompt fits this step's token budget
+        into the batch; compute the chunks of longer ones, joining those whose last chunk this
+        is; then decode every row of the batch), each followed by its postprocess, so a first
+        token goes out as soon as it exists. The batch decodes in every step that prefills."""
         t0 = time.monotonic()
         new = self._schedule(t0)
         if new is None:
@@ -245,9 +247,9 @@ class Engine:
             self.scheduler.set_kv_bytes_in_use(self.runner.kv_bytes())
         self._last_step_s = time.monotonic() - t0
 
-    def _schedule(self, now: float) -> list[LiveRequest] | None:
-        """Apply cancels, ask the scheduler, make the runner follow its output. Returns the
-        requests to prefill, or None when there is nothing to run this step."""
+    def _schedule(self, now: float) -> list[tuple[LiveRequest, PrefillChunk]] | None:
+        """Apply cancels, ask the scheduler, make the runner follow its output. Returns this
+        step's prefill work (whole prompts and chunks), or None when there is nothing to run."""
         with self._lock:
             cancelled = [self._live[rid] for rid in self._cancels if rid in self._live]
             self._cancels = []
@@ -259,21 +261,26 @@ class Engine:
             self.counters.preemptions += len(out.preempted)
             self.runner.drop([r.request_id for r in out.preempted] + out.ended)
             # The budget fell below what we hold (memory pressure): give back what we can.
-            self.runner.kv.shrink_to_fit(out.stats.budget_bytes)
+            staging = self.runner.kv_bytes() - self.runner.kv.nbytes()  # KVs of prompts being chunked
+            self.runner.kv.shrink_to_fit(out.stats.budget_bytes - staging)
             for live in cancelled:
                 self._final(live, FINISH_CANCELLED, now)
-            new = [self._live[r.request_id] for r in out.prefill]
-            for live in new:
-                if live.scheduled_at is None:  # first scheduled: it leaves the admission queue
+            new = [(self._live[c.req.request_id], c) for c in out.chunks]
+            for live in (self._live[r.request_id] for r in out.running if r.request_id in self._live):
+                if live.scheduled_at is None:  # admitted: it leaves the admission queue
                     live.scheduled_at = now
                     self.admission.dequeued(live.core)
         return None if out.is_empty and not new else new
 
-    def _run(self, new: list[LiveRequest]):
+    def _run(self, new: list[tuple[LiveRequest, PrefillChunk]]):
         """The model passes of a step; yields the requests that got a token after each."""
-        if new:
-            self.runner.prefill([live.seq for live in new])
-            yield new
+        whole = [live for live, c in new if c.whole]
+        if whole:
+            self.runner.prefill([live.seq for live in whole])
+            yield whole
+        for live, c in new:
+            if not c.whole and self.runner.prefill_chunk(live.seq, c.start, c.stop):
+                yield [live]
         if self.runner.rows:
             decoded = [self._live[s.request_id] for s in self.runner.rows if s.request_id in self._live]
             self.runner.decode()
@@ -295,9 +302,9 @@ class Engine:
                     if out is not None:
                         self._emit(live, out)
 
-    def _fail_batch(self, new: list[LiveRequest], message: str) -> None:
+    def _fail_batch(self, new: list[tuple[LiveRequest, PrefillChunk]], message: str) -> None:
         self._count_fault()
-        victims = [live.request_id for live in new] + [s.request_id for s in self.runner.reset()]
+        victims = [live.request_id for live, _ in new] + [s.request_id for s in self.runner.reset()]
         self._fail(victims, message)
 
     # -- health and drain ----------------------------------------------------------------------

@@ -183,10 +183,14 @@ class LeanLlama:
         if decode:
             # mask: [B, C] bool over the rows' whole buffer. Attention reads only the columns
             # some row uses, [start, end], and takes the padding mask as an additive bias.
-            c0, c1 = kv.start, write_at + 1
+            c0, c1 = kv.start, write_at + T
             bias = torch.zeros((B, c1 - c0), dtype=self.dtype, device=h.device)
             bias.masked_fill_(~mask[:, c0:c1], float("-inf"))
             bias = bias.view(B, 1, 1, -1)
+            if T > 1:  # a prompt chunk over a cached prefix (staging.py): causal among its tokens
+                cols = torch.arange(c0, c1, device=h.device)
+                later = cols.unsqueeze(0) > torch.arange(write_at, c1, device=h.device).unsqueeze(1)
+                bias = bias.masked_fill(later.view(1, 1, T, -1), float("-inf"))
             if not self.sdpa_decode:
                 full_bias = torch.zeros(mask.shape, dtype=torch.float32, device=h.device)
                 full_bias = full_bias.masked_fill_(~mask, float("-inf")).view(B, 1, 1, -1)
@@ -204,7 +208,7 @@ class LeanLlama:
             kb, vb = kv.keys[li], kv.values[li]
             kb[r0:r1, :, write_at:end].copy_(qk[:, :, nh:].transpose(1, 2))
             vb[r0:r1, :, write_at:end].copy_(qkv[:, :, nh + nkv :].transpose(1, 2))
-            if decode and not self.sdpa_decode:
+            if decode and not self.sdpa_decode and T == 1:
                 q = qk[:, 0, :nh].reshape(B, nkv, g, d)
                 s = torch.matmul(q, kb[r0:r1].transpose(-1, -2)).float()  # [B, nkv, g, C]
                 s.mul_(self.scaling).add_(full_bias)
@@ -213,10 +217,10 @@ class LeanLlama:
             elif decode:
                 # One fused SDPA kernel over the strided window (no copy of K/V): on 2 cores
                 # it beat matmul-softmax-matmul (attention.py) by 1.3-3x, most on a busy machine.
-                q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, 1, d]
+                q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d] (T > 1: a prompt chunk)
                 att = F.scaled_dot_product_attention(q, kb[r0:r1, :, c0:c1], vb[r0:r1, :, c0:c1], attn_mask=bias,
                                                      scale=self.scaling, enable_gqa=g > 1)
-                att = att.reshape(B, 1, nh * d)
+                att = att.transpose(1, 2).reshape(B, T, nh * d)
             else:
                 q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d]
                 k = qk[:, :, nh:].transpose(1, 2)

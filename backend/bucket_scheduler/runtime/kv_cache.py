@@ -91,6 +91,11 @@ class CacheView(Cache):
         self._decode = decode
         super().__init__(layers=[_ViewLayer(self, i) for i in range(kv.num_layers)])
 
+    @property
+    def buffers(self) -> "BatchKV":
+        """The KV this view writes into (the batch's, or a staging KV's)."""
+        return self._kv
+
     def target(self) -> tuple[int, int, int, bool]:
         """(first row, end row, first column written, decode?) for a forward of our own."""
         return self._r0, self._r1, self._write_at, self._decode
@@ -113,12 +118,36 @@ class CacheView(Cache):
         return k, v
 
 
-class BatchKV:
-    """KV buffers of the running batch plus the per-row lengths that define the mask."""
+class KVMeter:
+    """The bytes several KV objects (the batch and the staging KVs of chunked prefills) hold
+    together, and the most they held at once, reallocation peaks included."""
 
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device):
+    def __init__(self):
+        self.kvs: list["BatchKV"] = []
+        self.peak_bytes = 0
+
+    def held(self) -> int:
+        return sum(kv.nbytes() for kv in self.kvs)
+
+    def note(self, extra: int = 0) -> None:
+        """Record what is held now plus `extra` bytes in flight (a tensor being copied)."""
+        self.peak_bytes = max(self.peak_bytes, self.held() + extra)
+
+
+class BatchKV:
+    """KV buffers of the running batch plus the per-row lengths that define the mask.
+
+    Also the staging KV of one request prefilled in chunks (row_align 1): its chunks extend it
+    the way decode steps extend the batch, and its rows are copied into the batch in one piece
+    with the last chunk (runner.py)."""
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device,
+                 row_align: int = ROW_ALIGN, meter: KVMeter | None = None):
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
         self.dtype, self.device = dtype, torch.device(device)
+        self.row_align = row_align
+        self.meter = meter or KVMeter()  # shared by the runner's KV objects: one peak for all
+        self.meter.kvs.append(self)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.rows_cap = 0
@@ -128,7 +157,23 @@ class BatchKV:
         self.end = 0
         self.lengths: list[int] = []  # real tokens per active row
         self.worst: list[int] = []  # per active row: the most tokens it can ever hold
-        self.peak_bytes = 0  # the most bytes held at once, reallocations included (tests, metrics)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most bytes held at once by this KV and those sharing its meter, reallocations
+        included (tests, metrics); assignable, to restart the measurement."""
+        return self.meter.peak_bytes
+
+    @peak_bytes.setter
+    def peak_bytes(self, value: int) -> None:
+        self.meter.peak_bytes = value
+
+    def release(self) -> None:
+        """Free the buffers and leave the meter (a staging KV whose request joined or left)."""
+        self.n = 0
+        self.trim()
+        if self in self.meter.kvs:
+            self.meter.kvs.remove(self)
 
     # -- sizes -----------------------------------------------------------------
     @property
@@ -148,21 +193,20 @@ class BatchKV:
         a time, so at most one old tensor and its new copy coexist beyond the larger total."""
         w = self.width
         shape = (rows_cap, self.kv_heads, cols_cap, self.head_dim)
-        held = self.nbytes()
-        self.peak_bytes = max(self.peak_bytes, held)
+        meter = self.meter
+        meter.note()
         n = min(self.n, rows_cap)
         for bufs in (self.keys, self.values) if self.keys else ():
             for layer, old in enumerate(bufs):
                 new = torch.zeros(shape, dtype=self.dtype, device=self.device)
-                self.peak_bytes = max(self.peak_bytes, held + new.nbytes)
+                meter.note(new.nbytes)
                 if n and w:
                     new[:n, :, new_start : new_start + w].copy_(old[:n, :, self.start : self.end])
-                held += new.nbytes - old.nbytes
                 bufs[layer] = new  # the old tensor is freed here
         if not self.keys:
             self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
             self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
-            self.peak_bytes = max(self.peak_bytes, self.nbytes())
+            meter.note()
         self.rows_cap, self.cols_cap = rows_cap, cols_cap
         self.start, self.end = new_start, new_start + w
 
@@ -177,13 +221,19 @@ class BatchKV:
         waste = self.cols_cap - self.width
         if self.end + t <= self.cols_cap and waste <= max(2 * _COL_ALIGN, self.width // 2):
             return
-        self._realloc(_round_up(self.n, ROW_ALIGN), self._cols_for(self.width + t, max(self.worst)), 0)
+        self._realloc(_round_up(self.n, self.row_align), self._cols_for(self.width + t, max(self.worst)), 0)
 
     def shrink_to_fit(self, limit_bytes: int) -> None:
         """Give memory back when we hold more than limit_bytes (the budget dropped, or rows
         left): reallocate to exactly what the rows need now."""
         if self.n and self.nbytes() > limit_bytes:
-            self._realloc(_round_up(self.n, ROW_ALIGN), self._cols_for(self.width + 1, max(self.worst)), 0)
+            self._realloc(_round_up(self.n, self.row_align), self._cols_for(self.width + 1, max(self.worst)), 0)
+
+    def fit_rows(self) -> None:
+        """Reallocate when the buffers are larger than the plan of the rows held now (rows or a
+        longer worst case left since the last allocation), before memory is taken elsewhere."""
+        if self.n and (self.rows_cap > _round_up(self.n, self.row_align) or self.cols_cap > max(self.worst)):
+            self._realloc(_round_up(self.n, self.row_align), self._cols_for(self.width + 1, max(self.worst)), 0)
 
     def place_new_rows(self, count: int, prompt_width: int, worst: list[int]) -> tuple[int, int]:
         """Make room for `count` rows whose prompts are `prompt_width` columns and whose worst
@@ -196,13 +246,13 @@ class BatchKV:
             # Empty batch (trim() freed the buffers): fresh ones with headroom for decoding.
             self.keys, self.values = [], []
             self.start = self.end = 0
-            self._realloc(_round_up(rows_needed, ROW_ALIGN), self._cols_for(prompt_width + 1, max_worst), 0)
+            self._realloc(_round_up(rows_needed, self.row_align), self._cols_for(prompt_width + 1, max_worst), 0)
             self.start, self.end = 0, prompt_width
         elif rows_needed > self.rows_cap or self.end - new_width < 0 or self.end + 1 > self.cols_cap:
             # Sized to the new set of rows; the window moves to end at new_width (its left
             # side gets padding).
             old_w = self.width
-            self._realloc(_round_up(rows_needed, ROW_ALIGN), self._cols_for(new_width + 1, max_worst), new_width - old_w)
+            self._realloc(_round_up(rows_needed, self.row_align), self._cols_for(new_width + 1, max_worst), new_width - old_w)
             self.start = 0
         else:
             self.start = self.end - new_width

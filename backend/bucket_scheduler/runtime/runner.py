@@ -23,6 +23,7 @@ from .fast_step import lean_step_for
 from .kv_cache import BatchKV
 from .sampling import choose, prepare_logits
 from .sequence import Sequence
+from .staging import Staged
 
 log = logging.getLogger("bucketserve.runner")
 
@@ -70,6 +71,9 @@ class Runner:
         self.fault_hook: Callable[[str, list[Sequence]], None] | None = None  # tests: may raise
         self.rows: list[Sequence] = []
         self._index: dict[str, int] = {}  # request id -> row
+        # Requests prefilled in chunks, not in the batch yet: each in a one-row KV of its own
+        # (staging.py), sharing the batch's memory meter.
+        self.staging: dict[str, Staged] = {}
         self.counters = RunnerCounters()
         # transformers 5.x renamed the forward's cache argument; accept either spelling.
         params = inspect.signature(model.forward).parameters
@@ -85,11 +89,11 @@ class Runner:
         return len(self.rows)
 
     def kv_bytes(self) -> int:
-        """Bytes the KV tensors hold right now (what the MemoryPlanner is told)."""
-        return self.kv.nbytes()
+        """Bytes the KV tensors hold right now, staging KVs included (what the MemoryPlanner is told)."""
+        return self.kv.meter.held()
 
     def __contains__(self, request_id: str) -> bool:
-        return request_id in self._index
+        return request_id in self._index or request_id in self.staging
 
     # -- the three operations ------------------------------------------------------------
     @torch.inference_mode()
@@ -121,6 +125,33 @@ class Runner:
             self._index[s.request_id] = len(self.rows)
             self.rows.append(s)
         self._sample_and_append(seqs, logits)
+
+    @torch.inference_mode()
+    def prefill_chunk(self, seq: Sequence, start: int, stop: int) -> bool:
+        """Compute tokens [start, stop) of `seq`'s prefill (its input_ids) into its staging KV
+        while the batch keeps decoding. With the last chunk its KV joins the batch in one
+        place and its first token is sampled; returns whether it joined."""
+        if self.fault_hook:
+            self.fault_hook("prefill", [seq])
+        staged = self.staging.get(seq.request_id)
+        if staged is None:
+            # The batch may hold more than its rows' plan (rows left since it was allocated):
+            # give that back before the staging KV takes memory the plan gave to it.
+            self.kv.fit_rows()
+            staged = self.staging[seq.request_id] = Staged.start(seq, self.kv)
+        logits = staged.compute(start, stop, self._forward)
+        c = self.counters
+        c.prefill_calls += 1
+        c.prefill_tokens += stop - start
+        c.prefill_slots += stop - start
+        if stop < len(seq.input_ids):
+            return False
+        del self.staging[seq.request_id]
+        staged.join(self.kv)
+        self._index[seq.request_id] = len(self.rows)
+        self.rows.append(seq)
+        self._sample_and_append([seq], logits)
+        return True
 
     def _prefill_group(self, inputs: list[list[int]], first_row: int, width: int) -> torch.Tensor:
         n = len(inputs)
@@ -177,7 +208,12 @@ class Runner:
 
     @torch.inference_mode()
     def remove(self, request_id: str) -> bool:
-        """Drop one row now. False if it had none."""
+        """Drop one row (or the staging KV of a request still prefilled in chunks) now. False
+        if it had none."""
+        staged = self.staging.pop(request_id, None)
+        if staged is not None:
+            staged.kv.release()
+            return True
         row = self._index.pop(request_id, None)
         if row is None:
             return False
@@ -190,8 +226,10 @@ class Runner:
 
     def reset(self) -> list[Sequence]:
         """Drop every row (after a fault); returns the sequences that were running."""
-        dropped = self.rows
-        self.rows, self._index = [], {}
+        dropped = self.rows + [st.seq for st in self.staging.values()]
+        for st in self.staging.values():
+            st.kv.release()
+        self.rows, self._index, self.staging = [], {}, {}
         self.kv.n = 0
         self.kv.trim()
         return dropped
@@ -201,7 +239,7 @@ class Runner:
         dev = self.device
         if self.lean is not None:
             self.lean_calls += 1
-            return self.lean(ids.to(dev), mask.to(dev), pos.to(dev), self.kv, *view.target())
+            return self.lean(ids.to(dev), mask.to(dev), pos.to(dev), view.buffers, *view.target())
         kwargs = {
             "input_ids": ids.to(dev, non_blocking=True),
             "attention_mask": mask.to(dev, non_blocking=True),

@@ -153,21 +153,22 @@ class ColocatedInstance(Instance):
         if self.chunk_tokens:
             return self._step_chunked(now, out)
         new_ids = {r.request_id for r in out.prefill}
-        pre = [r.seq_len for r in out.prefill]
+        pre = [c.tokens for c in out.chunks]  # whole prompts, or chunks under the scheduler's token budget
         self._count_prefill(pre, self.cost.padded)
         if self.step_mode == "engine":
             t1 = now + self.cost.prefill_ms(pre) / 1000.0
             for r in out.prefill:
                 self._token(r, t1)
-            alive = [r for r in out.running if not r.is_done]
+            alive = [r for r in out.running if not r.is_done and not r.is_prefilling]
             t = t1 + self.cost.decode_ms([r.seq_len for r in alive]) / 1000.0
             for r in alive:
                 self._token(r, t)
         else:
-            dec = [r.seq_len for r in out.running if r.request_id not in new_ids]
+            dec = [r.seq_len for r in out.running if r.request_id not in new_ids and not r.is_prefilling]
             t = now + self.cost.step_s(pre, dec)
             for r in out.running:
-                self._token(r, t)
+                if not r.is_prefilling:
+                    self._token(r, t)
         self.busy_s += t - now
         self.busy_until = t
         return t

@@ -54,7 +54,9 @@ def default_config(name: str, bucket_options: dict | None = None) -> SystemConfi
         return SystemConfig(name, prefill=SchedulerSpec("bucket", opts, "padded", 32), decode=_decode_spec(),
                             prefill_padded=True)
     if name == "distserve":
-        return SystemConfig(name, prefill=SchedulerSpec("continuous", {}, "per_request", 32), decode=_decode_spec())
+        # vLLM's default token budget, max(max_model_len, 2048), at the cluster's max_model_len of 4096
+        return SystemConfig(name, prefill=SchedulerSpec("continuous", {"max_num_batched_tokens": 4096}, "per_request", 32),
+                            decode=_decode_spec())
     if name == "uellm":
         return SystemConfig(name, colocated=SchedulerSpec("uellm", {}, "padded", 64), prefill_padded=True, decode_padded=True)
     if name == "static":
