@@ -36,7 +36,8 @@ def test_batch_sizes_double_up_to_the_maximum():
 def test_window_start_rounds_the_width_up_within_the_buffer():
     grid = ShapeGrid((1,), col_step=64)
     assert grid.window_start(start=100, end=130) == 130 - 64
-    assert grid.window_start(start=66, end=130) == 2  # 64 columns -> 128
+    assert grid.window_start(start=66, end=130) == 66  # 64 columns: already on the step
+    assert grid.window_start(start=65, end=130) == 2  # 65 columns -> 128
     assert grid.window_start(start=10, end=40) == 0  # never before column 0
     assert ShapeGrid((1,)).window_start(17, 40) == 17  # col_step 0: unchanged
 
