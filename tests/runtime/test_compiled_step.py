@@ -116,6 +116,11 @@ def test_compiled_step_equals_eager_one_shape(tiny):
     check_compiled(tiny, "inductor", ShapeGrid((4,)), n=5)
 
 
+def test_compiled_graph_equals_eager_one_shape(tiny):
+    """The whole step as one graph (frozen weights, attention as a custom op), one shape."""
+    check_compiled(tiny, "inductor-graph", ShapeGrid((4,), col_step=16), n=5)
+
+
 @pytest.mark.slow
 def test_compiled_step_equals_eager_full_grid(tiny):
     check_compiled(tiny, "inductor", ShapeGrid.for_max_rows(8), n=9)

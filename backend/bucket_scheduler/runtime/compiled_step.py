@@ -13,6 +13,7 @@ Modes (the `compile` setting):
 - inductor-dynamic: one graph with a symbolic batch dimension (dynamic=True), no padding.
 - cudagraphs: inductor with mode="reduce-overhead" (one CUDA graph per grid batch size).
   For a GPU; untested here (no GPU on the machines this was built on).
+- inductor-graph: the whole step in one graph per grid batch size (compiled_graph.py).
 
 Compilation failing (no C++ compiler, an unsupported op) falls back to eager for good:
 logged once, serving goes on.
@@ -110,8 +111,19 @@ class StepPieces:
 
     def give_up(self, exc: BaseException) -> None:
         """Eager from now on (logged once)."""
-        if not self.stats.failed:
-            log.warning("compiled decode step unavailable, running eager: %s: %s", type(exc).__name__, exc)
-        self.stats.failed = f"{type(exc).__name__}: {exc}"
+        give_up_log(self.stats, exc)
         self.add_rms, self.rope, self.swiglu = add_rms, rope, swiglu
         self.compiled = False
+
+    def run(self, lean, ids, mask, pos, kv, r0, r1, write_at, grid):
+        """The decode step with these pieces (fast_step.LeanLlama._decode)."""
+        return lean._decode(ids, mask, pos, kv, r0, r1, write_at, self, grid)
+
+    def warm_up(self, lean, sizes) -> None:
+        lean.warm_up(self, sizes)
+
+
+def give_up_log(stats: CompileStats, exc: BaseException) -> None:
+    if not stats.failed:
+        log.warning("compiled decode step unavailable, running eager: %s: %s", type(exc).__name__, exc)
+    stats.failed = f"{type(exc).__name__}: {exc}"

@@ -187,12 +187,12 @@ class LeanLlama:
         if decode:
             if pieces.compiled:
                 try:
-                    out = self._decode(ids, mask, pos, kv, r0, r1, write_at, pieces, grid)
+                    out = pieces.run(self, ids, mask, pos, kv, r0, r1, write_at, grid)
                     pieces.stats.calls += 1
                     return out
                 except Exception as exc:  # noqa: BLE001 - a compile/run failure: eager for good
                     pieces.give_up(exc)  # the eager step below rewrites the same KV columns
-            return self._decode(ids, mask, pos, kv, r0, r1, write_at, pieces, None if pieces.stats.failed else grid)
+            return self._decode(ids, mask, pos, kv, r0, r1, write_at, EAGER, None if pieces.stats.failed else grid)
         return self._prefill(ids, mask, pos, kv, r0, r1, write_at)
 
     def _decode(self, ids, mask, pos, kv, r0, r1, write_at, pieces: StepPieces, grid: ShapeGrid | None):

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from .compiled_graph import DecodeGraph
 from .compiled_step import StepPieces
 from .fast_step import EAGER, lean_step_for
 from .kv_cache import BatchKV
@@ -87,6 +88,8 @@ class Runner:
         self.pieces = EAGER
         if compile != "off" and self.lean is None:
             log.warning("compile=%s needs the lean step (fast_path, a Llama-family model): running eager", compile)
+        elif compile == "inductor-graph":
+            self.pieces = DecodeGraph(self.lean, model)
         elif compile != "off":
             self.pieces = StepPieces(compile)
         self.grid = ShapeGrid.for_max_rows(max_rows) if self.pieces.static_shapes else None  # eager: no padding
@@ -95,7 +98,7 @@ class Runner:
         """Compile the decode step for every shape it can take now (static shapes: each grid
         batch size; dynamic: one symbolic graph plus batch size 1), so no request waits for it."""
         if self.pieces.compiled:
-            self.lean.warm_up(self.pieces, self.grid.sizes if self.grid else (2, 1))
+            self.pieces.warm_up(self.lean, self.grid.sizes if self.grid else (2, 1))
 
     # -- state ---------------------------------------------------------------------------
     @property

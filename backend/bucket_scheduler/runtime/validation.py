@@ -22,7 +22,7 @@ MAX_SLO_MS = 3.6e6  # one hour
 # would otherwise hold the caller for seconds (16 MiB: about a minute on 2 CPU cores).
 MAX_PROMPT_BYTES_PER_TOKEN = 128
 REQUEST_CLASSES = ("online", "offline")
-COMPILE_MODES = ("off", "inductor", "inductor-dynamic", "cudagraphs")  # runtime/compiled_step.py
+COMPILE_MODES = ("off", "inductor", "inductor-dynamic", "cudagraphs", "inductor-graph")  # runtime/compiled_step.py
 
 
 def validate_config(cfg: EngineConfig) -> None:
