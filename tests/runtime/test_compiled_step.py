@@ -122,8 +122,9 @@ def test_compiled_graph_equals_eager_one_shape(tiny):
 
 
 @pytest.mark.slow
-def test_compiled_step_equals_eager_full_grid(tiny):
-    check_compiled(tiny, "inductor", ShapeGrid.for_max_rows(8), n=9)
+@pytest.mark.parametrize("mode", ["inductor", "inductor-graph"])
+def test_compiled_step_equals_eager_full_grid(tiny, mode):
+    check_compiled(tiny, mode, ShapeGrid.for_max_rows(8), n=9)
 
 
 @pytest.mark.slow
