@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compiled_step import CompileStats, give_up_log, rms
+from .compiled_step import CompileStats, give_up_log, raise_recompile_limit, rms
 
 _STEP: dict = {}  # the running decode step's KV state, read by decode_attention (one engine thread)
 
@@ -115,6 +115,7 @@ class DecodeGraph:
         self.stats = CompileStats()
         self.compiled = True
         inductor_config.freezing = True  # weights become packed constants of the graph
+        raise_recompile_limit()
         try:
             self.module = _DecodeModule(lean, model).eval()
             self.fn = torch.compile(self.module, dynamic=False, fullgraph=True)

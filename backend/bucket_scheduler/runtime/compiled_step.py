@@ -90,17 +90,11 @@ class StepPieces:
         return self.compiled and self.mode in ("inductor", "cudagraphs")
 
     def _compile(self) -> None:
-        import torch._dynamo
-
         options = {}
         if self.mode == "cudagraphs":
             options["mode"] = "reduce-overhead"
         dynamic = self.mode == "inductor-dynamic"
-        # One graph per grid shape and per piece; rotary sees T=1 (decode) only. Room for
-        # every grid shape of any max_num_seqs (log2 + 2) with margin.
-        cfg = torch._dynamo.config
-        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-        setattr(cfg, name, max(getattr(cfg, name), 64))
+        raise_recompile_limit()
         try:
             self.add_rms = torch.compile(add_rms, dynamic=dynamic, fullgraph=True, **options)
             self.rope = torch.compile(rope, dynamic=dynamic, fullgraph=True, **options)
@@ -121,6 +115,16 @@ class StepPieces:
 
     def warm_up(self, lean, sizes) -> None:
         lean.warm_up(self, sizes)
+
+
+def raise_recompile_limit() -> None:
+    """One graph per grid shape for each compiled function: room for every grid shape of any
+    max_num_seqs (log2 + 2) with margin, past dynamo's default of 8."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), 64))
 
 
 def give_up_log(stats: CompileStats, exc: BaseException) -> None:
