@@ -4,7 +4,8 @@
   or the KV memory held.
 - The compiled step gives the eager step's greedy tokens (fp32 logits within 1e-4) and
   really ran: every decode step went through the compiled pieces, nothing fell back.
-CI compiles one grid shape of the tiny model; the full grid and dynamic shapes are slow."""
+CI compiles one grid shape of the tiny model (and the engine two); the whole-step graph, the
+full grid and dynamic shapes are slow."""
 
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def test_compiled_step_equals_eager_one_shape(tiny):
     check_compiled(tiny, "inductor", ShapeGrid((4,)), n=5)
 
 
+@pytest.mark.slow  # ~35 s of compiling on 2 busy cores; CI covers the compiled path through `inductor`
 def test_compiled_graph_equals_eager_one_shape(tiny):
     """The whole step as one graph (frozen weights, attention as a custom op), one shape."""
     check_compiled(tiny, "inductor-graph", ShapeGrid((4,), col_step=16), n=5)
