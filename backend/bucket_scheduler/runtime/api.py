@@ -114,6 +114,9 @@ class EngineConfig:
     batch_invariant: bool = False
     # Llama-family models run our own lean forward (runtime/fast_step.py); false: transformers' forward.
     fast_path: bool = True
+    # The lean decode step's row-wise pieces through torch.compile: off | inductor (one graph
+    # per shape-grid batch size) | inductor-dynamic | cudagraphs (GPU); runtime/compiled_step.py.
+    compile: str = "off"
     # After MAX_CONSECUTIVE_FAULTS failed model steps the engine refuses requests and tries a
     # canary step after this many seconds (doubling per failed canary, up to 16x).
     fault_backoff_s: float = 5.0

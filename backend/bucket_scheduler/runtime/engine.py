@@ -25,10 +25,11 @@ from ..core.interface import PrefillChunk, StepStats
 from ..core.memory import MemoryPlanner
 from .admission import Admission, Health
 from .api import ERROR_INTERNAL, ERROR_UNAVAILABLE, FINISH_CANCELLED, FINISH_ERROR, EngineConfig, GenerationRequest, InvalidRequest, Overloaded
+from .compiled_step import set_cache_dir
 from .cpu_linear import prepack_linears
 from .faults import fault_hook_from_env
 from .kv_cache import plan_spec
-from .models import kv_spec_from_config, load_model, resolve_device, resolve_dtype, resolve_model
+from .models import cache_dir, kv_spec_from_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .probes import make_probe
 from .requests import LiveRequest, OnOutput, RequestBuilder, eos_ids_of, load_tokenizer
 from .runner import Runner
@@ -70,6 +71,8 @@ class EngineStats:
     decode_kv_efficiency: float
     prefill_tokens: int
     decode_tokens: int
+    compiled_shapes: int = 0  # decode shapes compiled (compile setting)
+    compile_seconds: float = 0.0  # wall time spent compiling them
 
 
 class Engine:
@@ -89,7 +92,11 @@ class Engine:
         detok_tokenizer = load_tokenizer(self.model_path, config.trust_remote_code)
         self.builder = RequestBuilder(config, self.tokenizer, detok_tokenizer, eos_ids_of(model, self.tokenizer),
                                       self.device)
-        self.runner = Runner(model, detok_tokenizer, fast_path=config.fast_path)
+        if config.compile != "off":
+            set_cache_dir(cache_dir())  # compiled artifacts survive a restart
+        self.runner = Runner(model, detok_tokenizer, fast_path=config.fast_path, compile=config.compile,
+                             max_rows=config.max_num_seqs)
+        self.runner.warm_up()  # before ready: every decode shape is compiled when requests come
         self.kv_spec = plan_spec(kv_spec_from_config(model.config, self.dtype))
         probe = make_probe(config.memory_probe, device=self.device)
         self.planner = MemoryPlanner(self.kv_spec, probe, memory_fraction=config.memory_fraction)
@@ -194,7 +201,8 @@ class Engine:
                                self._last_step_s, EngineCounters(**vars(self.counters)),
                                c.prefill_tokens / c.prefill_slots if c.prefill_slots else 1.0,
                                c.decode_kv_tokens / c.decode_kv_slots if c.decode_kv_slots else 1.0,
-                               c.prefill_tokens, c.decode_tokens)
+                               c.prefill_tokens, c.decode_tokens, self.runner.pieces.stats.shapes,
+                               self.runner.pieces.stats.seconds)
 
     def num_in_flight(self) -> int:
         with self._lock:

@@ -16,7 +16,9 @@ with fewer, larger calls:
   column window [start, end] of BatchKV's buffers, strided, no copy; the padding mask is
   one additive bias built per step (docs/benchmarks.md: faster than attention.py's
   matmul-softmax-matmul, which `sdpa_decode = False` selects for comparison);
-- prefill attention: torch SDPA with the causal + left-padding mask built once per call.
+- prefill attention: torch SDPA with the causal + left-padding mask built once per call;
+- decode's row-wise pieces (residual add + norm, rotary, SiLU * up) as functions that the
+  `compile` setting hands to torch.compile (compiled_step.py; off: the same code eagerly).
 
 Memory: with plain weights (float32, or no oneDNN) the fused tensors take the place of the
 module's q/k/v and gate/up weights (those become views into them): no copy. With prepacked
@@ -29,10 +31,16 @@ forward for the rest (and as the `fast_path=False` setting).
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
+from .compiled_step import StepPieces, rms
 from .cpu_linear import can_prepack, packed_linear
+from .shape_grid import ShapeGrid
+
+EAGER = StepPieces("off")  # the decode pieces run eagerly (no compile setting)
 
 # Rope types whose cos/sin depend only on the position (a table can be built once).
 _TABLE_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}
@@ -81,7 +89,9 @@ def lean_step_for(model) -> "LeanLlama | None":
 
 
 class LeanLlama:
-    """Callable as `lean(ids, mask, pos, kv, r0, r1, write_at, decode)` -> last-position logits."""
+    """Callable as `lean(ids, mask, pos, kv, r0, r1, write_at, decode, pieces, grid)` ->
+    last-position logits. Decode runs its row-wise parts through `pieces` (compiled_step.py:
+    eager or compiled), padded to `grid`'s batch sizes when the pieces have static shapes."""
 
     def __init__(self, model, pack: bool):
         cfg = _text_config(model)
@@ -163,44 +173,130 @@ class LeanLlama:
         return self._cos[pos].unsqueeze(2), self._sin[pos].unsqueeze(2)
 
     # -- pieces ----------------------------------------------------------------------------------
-    @staticmethod
-    def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        # LlamaRMSNorm (float32 statistics, rounded back to the input dtype, then the weight)
-        # with torch's fused kernel for the middle part: bit-identical, half the kernels.
-        return weight * F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
+    # LlamaRMSNorm (float32 statistics, rounded back to the input dtype, then the weight)
+    # with torch's fused kernel for the middle part: bit-identical, half the kernels.
+    _rms = staticmethod(rms)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x*cos + rotate_half(x)*sin, with rotate_half(x)*sin == roll(x, half)*sign_folded_sin.
         return x * cos + torch.roll(x, self.head_dim // 2, dims=-1) * sin
 
     # -- the step --------------------------------------------------------------------------------
-    def __call__(self, ids, mask, pos, kv, r0: int, r1: int, write_at: int, decode: bool) -> torch.Tensor:
+    def __call__(self, ids, mask, pos, kv, r0: int, r1: int, write_at: int, decode: bool,
+                 pieces: StepPieces = EAGER, grid: ShapeGrid | None = None) -> torch.Tensor:
+        if decode and ids.shape[1] > 1:  # a prompt chunk over a cached prefix (staging.py)
+            return self._prefill(ids, mask, pos, kv, r0, r1, write_at, cached=True)
+        if decode:
+            if pieces.compiled:
+                try:
+                    out = pieces.run(self, ids, mask, pos, kv, r0, r1, write_at, grid)
+                    pieces.stats.calls += 1
+                    return out
+                except Exception as exc:  # noqa: BLE001 - a compile/run failure: eager for good
+                    pieces.give_up(exc)  # the eager step below rewrites the same KV columns
+            return self._decode(ids, mask, pos, kv, r0, r1, write_at, EAGER, None if pieces.stats.failed else grid)
+        return self._prefill(ids, mask, pos, kv, r0, r1, write_at)
+
+    def _decode(self, ids, mask, pos, kv, r0, r1, write_at, pieces: StepPieces, grid: ShapeGrid | None):
+        """One token per row. With a grid the batch is padded to the grid's size: dummy rows
+        (pad token, position 0) go through the row-wise parts only, never attention or the
+        KV cache, and their logits are dropped."""
+        B = ids.shape[0]
+        Bp = grid.rows_for(B) if grid is not None else B
+        if Bp > B:
+            ids = F.pad(ids, (0, 0, 0, Bp - B))
+            pos = F.pad(pos, (0, 0, 0, Bp - B))
+        nh, nkv, d = self.heads, self.kv_heads, self.head_dim
+        g = nh // nkv
+        h = F.embedding(ids, self.embed)  # [Bp, 1, H]
+        cos, sin = self._rope(pos)
+        # mask: [B, C] bool over the rows' whole buffer. Attention reads only the columns
+        # some row uses, [start, end] (rounded to the grid's column step), and takes the
+        # padding mask as an additive bias.
+        c1 = write_at + 1
+        c0 = grid.window_start(kv.start, c1) if grid is not None else kv.start
+        bias = torch.zeros((B, c1 - c0), dtype=self.dtype, device=h.device)
+        bias.masked_fill_(~mask[:, c0:c1], float("-inf"))
+        bias = bias.view(B, 1, 1, -1)
+        if not self.sdpa_decode:
+            full_bias = torch.zeros(mask.shape, dtype=torch.float32, device=h.device)
+            full_bias = full_bias.masked_fill_(~mask, float("-inf")).view(B, 1, 1, -1)
+        x = rms(h, self.layers[0].ln1, self.layers[0].eps1)
+        delta = None
+        for li, L in enumerate(self.layers):
+            if delta is not None:  # the previous layer's residual add, fused with this norm
+                h, x = pieces.add_rms(h, delta, L.ln1, L.eps1)
+            qkv = L.qkv(x).view(Bp, 1, nh + 2 * nkv, d)
+            qk = pieces.rope(qkv, cos, sin, nh + nkv, d // 2)  # [Bp, 1, nh+nkv, d]
+            kb, vb = kv.keys[li], kv.values[li]
+            kb[r0:r1, :, write_at:c1].copy_(qk[:B, :, nh:].transpose(1, 2))
+            vb[r0:r1, :, write_at:c1].copy_(qkv[:B, :, nh + nkv :].transpose(1, 2))
+            if not self.sdpa_decode:
+                q = qk[:B, 0, :nh].reshape(B, nkv, g, d)
+                s = torch.matmul(q, kb[r0:r1].transpose(-1, -2)).float()  # [B, nkv, g, C]
+                s.mul_(self.scaling).add_(full_bias)
+                p = torch.softmax(s, dim=-1).to(self.dtype)
+                att = torch.matmul(p, vb[r0:r1]).view(B, 1, nh * d)
+            else:
+                # One fused SDPA kernel over the strided window (no copy of K/V): on 2 cores
+                # it beat matmul-softmax-matmul (attention.py) by 1.3-3x, most on a busy machine.
+                q = qk[:B, :, :nh].transpose(1, 2)  # [B, nh, 1, d]
+                att = F.scaled_dot_product_attention(q, kb[r0:r1, :, c0:c1], vb[r0:r1, :, c0:c1], attn_mask=bias,
+                                                     scale=self.scaling, enable_gqa=g > 1)
+                att = att.reshape(B, 1, nh * d)
+            if Bp > B:
+                att = F.pad(att, (0, 0, 0, 0, 0, Bp - B))
+            h, x = pieces.add_rms(h, L.o(att), L.ln2, L.eps2)
+            delta = L.down(pieces.swiglu(L.gate_up(x), self.inter))
+        last = rms((h[:B] + delta[:B])[:, -1], self.norm, self.norm_eps)
+        return self.lm_head(last)
+
+    @torch.inference_mode()
+    def warm_up(self, pieces: StepPieces, sizes) -> None:
+        """Compile the pieces for these batch sizes now, with inputs made the way the decode
+        step makes them (same shapes, strides and dtypes: no recompile at the first step)."""
+        nh, nkv, d = self.heads, self.kv_heads, self.head_dim
+        L = self.layers[0]
+        for b in sizes:
+            if not pieces.compiled:
+                return
+            t0 = time.perf_counter()
+            try:
+                pos = torch.zeros((b, 1), dtype=torch.long, device=self.embed.device)
+                h = F.embedding(pos, self.embed)
+                cos, sin = self._rope(pos)
+                x = rms(h, L.ln1, L.eps1)
+                pieces.rope(L.qkv(x).view(b, 1, nh + 2 * nkv, d), cos, sin, nh + nkv, d // 2)
+                att = torch.zeros((b, 1, nh * d), dtype=self.dtype, device=h.device)
+                h, x = pieces.add_rms(h, L.o(att), L.ln2, L.eps2)
+                pieces.swiglu(L.gate_up(x), self.inter)
+            except Exception as exc:  # noqa: BLE001
+                pieces.give_up(exc)
+                return
+            pieces.stats.seconds += time.perf_counter() - t0
+            pieces.stats.shapes += 1
+
+    def _prefill(self, ids, mask, pos, kv, r0: int, r1: int, write_at: int, cached: bool = False) -> torch.Tensor:
+        """T prompt tokens per row. cached: the rows already hold a prefix in the KV buffer
+        (columns [kv.start, write_at), `mask` over the whole buffer) and the tokens attend to
+        it and causally among themselves (a chunk of a long prompt)."""
         B, T = ids.shape
         nh, nkv, d = self.heads, self.kv_heads, self.head_dim
         g = nh // nkv
         h = F.embedding(ids, self.embed)  # [B, T, H]
         cos, sin = self._rope(pos)
-        if decode:
-            # mask: [B, C] bool over the rows' whole buffer. Attention reads only the columns
-            # some row uses, [start, end], and takes the padding mask as an additive bias.
-            c0, c1 = kv.start, write_at + T
-            bias = torch.zeros((B, c1 - c0), dtype=self.dtype, device=h.device)
-            bias.masked_fill_(~mask[:, c0:c1], float("-inf"))
-            bias = bias.view(B, 1, 1, -1)
-            if T > 1:  # a prompt chunk over a cached prefix (staging.py): causal among its tokens
-                cols = torch.arange(c0, c1, device=h.device)
-                later = cols.unsqueeze(0) > torch.arange(write_at, c1, device=h.device).unsqueeze(1)
-                bias = bias.masked_fill(later.view(1, 1, T, -1), float("-inf"))
-            if not self.sdpa_decode:
-                full_bias = torch.zeros(mask.shape, dtype=torch.float32, device=h.device)
-                full_bias = full_bias.masked_fill_(~mask, float("-inf")).view(B, 1, 1, -1)
+        end = write_at + T
+        if cached:
+            c0 = kv.start
+            cols = torch.arange(c0, end, device=h.device)
+            later = cols.unsqueeze(0) > torch.arange(write_at, end, device=h.device).unsqueeze(1)  # [T, C]
+            attn_mask = mask[:, c0:end].view(B, 1, 1, -1) & ~later.view(1, 1, T, -1)
         else:
             # Causal over the T new tokens, minus left padding; a padding query sees itself
             # (never a fully masked row: SDPA would give NaN there, and its key is masked for
             # every real token anyway).
             causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril_()
             attn_mask = (causal & mask.view(B, 1, 1, T)) | torch.eye(T, dtype=torch.bool, device=h.device)
-        end = write_at + T
         for li, L in enumerate(self.layers):
             x = self._rms(h, L.ln1, L.eps1)
             qkv = L.qkv(x).view(B, T, nh + 2 * nkv, d)
@@ -208,26 +304,14 @@ class LeanLlama:
             kb, vb = kv.keys[li], kv.values[li]
             kb[r0:r1, :, write_at:end].copy_(qk[:, :, nh:].transpose(1, 2))
             vb[r0:r1, :, write_at:end].copy_(qkv[:, :, nh + nkv :].transpose(1, 2))
-            if decode and not self.sdpa_decode and T == 1:
-                q = qk[:, 0, :nh].reshape(B, nkv, g, d)
-                s = torch.matmul(q, kb[r0:r1].transpose(-1, -2)).float()  # [B, nkv, g, C]
-                s.mul_(self.scaling).add_(full_bias)
-                p = torch.softmax(s, dim=-1).to(self.dtype)
-                att = torch.matmul(p, vb[r0:r1]).view(B, 1, nh * d)
-            elif decode:
-                # One fused SDPA kernel over the strided window (no copy of K/V): on 2 cores
-                # it beat matmul-softmax-matmul (attention.py) by 1.3-3x, most on a busy machine.
-                q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d] (T > 1: a prompt chunk)
-                att = F.scaled_dot_product_attention(q, kb[r0:r1, :, c0:c1], vb[r0:r1, :, c0:c1], attn_mask=bias,
-                                                     scale=self.scaling, enable_gqa=g > 1)
-                att = att.transpose(1, 2).reshape(B, T, nh * d)
+            q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d]
+            if cached:
+                k, v = kb[r0:r1, :, c0:end], vb[r0:r1, :, c0:end]
             else:
-                q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d]
-                k = qk[:, :, nh:].transpose(1, 2)
-                v = qkv[:, :, nh + nkv :].transpose(1, 2)
-                att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
-                                                     enable_gqa=g > 1)
-                att = att.transpose(1, 2).reshape(B, T, nh * d)
+                k, v = qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + nkv :].transpose(1, 2)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
+                                                 enable_gqa=g > 1)
+            att = att.transpose(1, 2).reshape(B, T, nh * d)
             h = h + L.o(att)
             x = self._rms(h, L.ln2, L.eps2)
             gu = L.gate_up(x)

@@ -19,10 +19,13 @@ from typing import Callable
 
 import torch
 
-from .fast_step import lean_step_for
+from .compiled_graph import DecodeGraph
+from .compiled_step import StepPieces
+from .fast_step import EAGER, lean_step_for
 from .kv_cache import BatchKV
 from .sampling import choose, prepare_logits
 from .sequence import Sequence
+from .shape_grid import ShapeGrid
 from .staging import Staged
 
 log = logging.getLogger("bucketserve.runner")
@@ -47,6 +50,8 @@ class Runner:
         max_prefill_tokens: int = 8192,
         on_logits: Callable[[Sequence, torch.Tensor], None] | None = None,
         fast_path: bool = True,
+        compile: str = "off",
+        max_rows: int = 32,
     ):
         self.model = model
         self.device = next(model.parameters()).device
@@ -82,6 +87,22 @@ class Runner:
         # Our own forward for Llama-family models (fast_step.py); transformers' for the rest.
         self.lean = lean_step_for(model) if fast_path else None
         self.lean_calls = 0  # forwards the lean step computed (tests: it really ran)
+        # The decode step's row-wise pieces, compiled per the `compile` setting (eager without
+        # the lean step); with static shapes, decode batches are padded to the shape grid.
+        self.pieces = EAGER
+        if compile != "off" and self.lean is None:
+            log.warning("compile=%s needs the lean step (fast_path, a Llama-family model): running eager", compile)
+        elif compile == "inductor-graph":
+            self.pieces = DecodeGraph(self.lean, model)
+        elif compile != "off":
+            self.pieces = StepPieces(compile)
+        self.grid = ShapeGrid.for_max_rows(max_rows) if self.pieces.static_shapes else None  # eager: no padding
+
+    def warm_up(self) -> None:
+        """Compile the decode step for every shape it can take now (static shapes: each grid
+        batch size; dynamic: one symbolic graph plus batch size 1), so no request waits for it."""
+        if self.pieces.compiled:
+            self.pieces.warm_up(self.lean, self.grid.sizes if self.grid else (2, 1))
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -239,7 +260,8 @@ class Runner:
         dev = self.device
         if self.lean is not None:
             self.lean_calls += 1
-            return self.lean(ids.to(dev), mask.to(dev), pos.to(dev), view.buffers, *view.target())
+            return self.lean(ids.to(dev), mask.to(dev), pos.to(dev), view.buffers, *view.target(),
+                             pieces=self.pieces, grid=self.grid)
         kwargs = {
             "input_ids": ids.to(dev, non_blocking=True),
             "attention_mask": mask.to(dev, non_blocking=True),

@@ -22,6 +22,7 @@ MAX_SLO_MS = 3.6e6  # one hour
 # would otherwise hold the caller for seconds (16 MiB: about a minute on 2 CPU cores).
 MAX_PROMPT_BYTES_PER_TOKEN = 128
 REQUEST_CLASSES = ("online", "offline")
+COMPILE_MODES = ("off", "inductor", "inductor-dynamic", "cudagraphs", "inductor-graph")  # runtime/compiled_step.py
 
 
 def validate_config(cfg: EngineConfig) -> None:
@@ -32,6 +33,8 @@ def validate_config(cfg: EngineConfig) -> None:
         raise ValueError("max_model_len must be >= 2 and max_num_seqs >= 1")
     if cfg.default_max_tokens < 1:
         raise ValueError("default_max_tokens must be >= 1")
+    if cfg.compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {cfg.compile!r}")
 
 
 def validate_request(req: GenerationRequest, cfg: EngineConfig,

@@ -45,6 +45,8 @@ SPECS = [
     MetricSpec("bucketserve_kv_bytes_in_use", "gauge", "Bytes the KV cache holds now"),
     MetricSpec("bucketserve_kv_budget_bytes", "gauge", "Safe KV budget from the live free-memory probe"),
     MetricSpec("bucketserve_inflight_requests", "gauge", "Requests accepted and not yet given their final response"),
+    MetricSpec("bucketserve_compiled_shapes", "gauge", "Decode step shapes compiled (compile setting; 0 when eager)"),
+    MetricSpec("bucketserve_compile_seconds_total", "counter", "Wall seconds spent compiling decode step shapes"),
 ]
 
 
@@ -70,6 +72,7 @@ class Metrics:
         self._specs = {s.name: s for s in SPECS}
         self._metrics: dict[tuple, Any] = {}
         self._bucket_labels: set[str] = set()
+        self._compile_s = 0.0  # compile seconds already counted
         # Create the label sets users look for up front, so they read 0 rather than absent.
         for outcome in OUTCOMES:
             self._metric("bucketserve_requests_total", outcome=outcome)
@@ -144,5 +147,10 @@ class Metrics:
         self._metric("bucketserve_batch_size").set(int(_get(stats, "num_running", default=0)))
         self._metric("bucketserve_padding_efficiency").set(float(_get(stats, "prefill_padding_efficiency", default=1.0)))
         self._metric("bucketserve_kv_bytes_in_use").set(int(_get(stats, "kv_bytes", default=0)))
+        self._metric("bucketserve_compiled_shapes").set(int(_get(stats, "compiled_shapes", default=0)))
+        compile_s = float(_get(stats, "compile_seconds", default=0.0))
+        if compile_s > self._compile_s:
+            self._metric("bucketserve_compile_seconds_total").increment(compile_s - self._compile_s)
+            self._compile_s = compile_s
         if step is not None:
             self._metric("bucketserve_kv_budget_bytes").set(int(_get(step, "budget_bytes", default=0)))
