@@ -268,9 +268,7 @@ class Engine:
             self.counters.steps += 1
             self.counters.preemptions += len(out.preempted)
             self.runner.drop([r.request_id for r in out.preempted] + out.ended)
-            # The budget fell below what we hold (memory pressure): give back what we can.
-            staging = self.runner.kv_bytes() - self.runner.kv.nbytes()  # KVs of prompts being chunked
-            self.runner.kv.shrink_to_fit(out.stats.budget_bytes - staging)
+            self.runner.shrink_to_fit(out.stats.budget_bytes)
             for live in cancelled:
                 self._final(live, FINISH_CANCELLED, now)
             new = [(self._live[c.req.request_id], c) for c in out.chunks]

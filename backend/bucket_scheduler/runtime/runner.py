@@ -113,6 +113,11 @@ class Runner:
         """Bytes the KV tensors hold right now, staging KVs included (what the MemoryPlanner is told)."""
         return self.kv.meter.held()
 
+    def shrink_to_fit(self, budget_bytes: int) -> None:
+        """The budget fell below what we hold (memory pressure): the batch KV gives back what it
+        can within what the staging KVs of half-prefilled prompts leave of the budget."""
+        self.kv.shrink_to_fit(budget_bytes - (self.kv_bytes() - self.kv.nbytes()))
+
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._index or request_id in self.staging
 
