@@ -51,6 +51,8 @@ def profile_policy(policy: str, reqs, model_dir: str, max_model_len: int, thread
     engine = Engine(EngineConfig(model_dir=model_dir, policy=policy, max_model_len=max_model_len, threads=threads))
     times = PhaseTimes()
     times.wrap(engine.runner, "prefill", "prefill (model)", rows_of=lambda a: len(a[0]))
+    times.wrap(engine.runner, "prefill_chunk", "prefill chunks (model)", rows_of=lambda a: a[2] - a[1])
+    times.wrap(engine.runner, "step", "one-pass steps (model)", rows_of=lambda a: len(a[0]))
     times.wrap(engine.runner, "decode", "decode (model)", rows_of=lambda a: engine.runner.num_rows)
     times.wrap(engine.scheduler, "schedule", "schedule (policy)")
     times.wrap(engine, "_postprocess", "postprocess (detokenize, emit)", rows_of=lambda a: len(a[0]))
@@ -86,6 +88,8 @@ def profile_policy(policy: str, reqs, model_dir: str, max_model_len: int, thread
         "other_s": wall - accounted,  # engine loop, locks, waiting for work, tokenising on submit
         "prefill_calls": times.calls["prefill (model)"],
         "mean_prefill_batch": times.rows["prefill (model)"] / max(1, times.calls["prefill (model)"]),
+        "prefill_chunks": times.calls["prefill chunks (model)"],
+        "mean_chunk_tokens": times.rows["prefill chunks (model)"] / max(1, times.calls["prefill chunks (model)"]),
         "decode_steps": times.calls["decode (model)"],
         "mean_decode_batch": times.rows["decode (model)"] / max(1, times.calls["decode (model)"]),
         "prefill_padding_efficiency": stats.prefill_padding_efficiency,
@@ -126,6 +130,7 @@ def main(argv=None) -> int:
             print(f"  {phase:32s} {s:8.2f}s  {100 * s / r['wall_s']:5.1f}%")
         print(f"  {'other (loop, locks, idle)':32s} {r['other_s']:8.2f}s  {100 * r['other_s'] / r['wall_s']:5.1f}%")
         print(f"  prefill: {r['prefill_calls']} calls, mean batch {r['mean_prefill_batch']:.1f}, padding efficiency {r['prefill_padding_efficiency']:.2f}")
+        print(f"  prefill chunks: {r['prefill_chunks']} calls, mean {r['mean_chunk_tokens']:.0f} tokens")
         print(f"  decode: {r['decode_steps']} steps, mean batch {r['mean_decode_batch']:.1f}, KV efficiency {r['decode_kv_efficiency']:.2f}; preemptions {r['preemptions']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

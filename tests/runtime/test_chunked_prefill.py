@@ -57,6 +57,46 @@ def test_chunked_prefill_gives_the_same_greedy_tokens(tiny, fast_path, chunk):
         assert worst < TOL, worst
 
 
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_one_pass_step_gives_the_same_greedy_tokens(tiny, chunk):
+    """Runner.step: every prompt's chunk of the step (a whole prompt when it fits) and the decode
+    of the running rows in one forward pass; each sequence's tokens and logits are what it gets
+    computed alone."""
+    model, tok = tiny
+    prompts = random_prompts(model.config.vocab_size, 4, seed=chunk, lo=20, hi=90)
+    logits: dict[str, list[torch.Tensor]] = {}
+    runner = Runner(model, tok, on_logits=lambda s, row: logits.setdefault(s.request_id, []).append(row))
+    assert runner.mixes
+    neighbour = make_seq(tok, "n", prompts[0][:5], 400)
+    runner.prefill([neighbour])  # a row that decodes in every step
+    seqs = [make_seq(tok, f"c{i}", p, 12) for i, p in enumerate(prompts)]
+    done = {s.request_id: 0 for s in seqs}
+    prompt_len = {s.request_id: len(s.input_ids) for s in seqs}
+    passes = 0
+    while not all(s.finished for s in seqs):
+        chunks = []
+        for s in seqs:
+            n = prompt_len[s.request_id]
+            if done[s.request_id] < n:
+                stop = min(n, done[s.request_id] + chunk)
+                chunks.append((s, done[s.request_id], stop))
+                done[s.request_id] = stop
+        last = [c for c, _, stop in chunks if stop == prompt_len[c.request_id]]
+        before = runner.lean_calls
+        rows = list(runner.rows)
+        got = runner.step(chunks)
+        passes += 1
+        assert runner.lean_calls == before + 1  # one forward for the chunks and the decode
+        assert got[: len(rows)] == rows  # every running row decoded in the step
+        assert got[len(rows):] == last  # and the prompts whose last chunk this was joined
+    assert not runner.staging and len(neighbour.output_ids) == passes + 1
+    for s, p in zip(seqs, prompts):
+        ref_ids, ref_logits = _alone(model, tok, p, 12, True)
+        assert s.output_ids == ref_ids
+        worst = max(float((a - b).abs().max()) for a, b in zip(logits[s.request_id], ref_logits))
+        assert worst < TOL, worst
+
+
 def test_engine_with_chunks_answers_as_without():
     prompts = [p * 4 for p in PROMPTS]  # 20-80 tokens: several 16-token chunks each
     texts = {}
@@ -122,7 +162,7 @@ def test_the_step_decodes_running_rows_in_the_step_a_newcomer_is_prefilled(optio
         eng._step()
         calls = []
         runner = eng.runner
-        for name in ("prefill", "prefill_chunk", "decode"):
+        for name in ("prefill", "prefill_chunk", "decode", "step"):
             real = getattr(runner, name)
             setattr(runner, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
         eng.submit(req("new", PROMPTS[4] * 2, max_tokens=4), sink)
@@ -133,7 +173,8 @@ def test_the_step_decodes_running_rows_in_the_step_a_newcomer_is_prefilled(optio
             calls.clear()
             eng._step()
             steps += 1
-            assert "decode" in calls and any(c.startswith("prefill") for c in calls)
+            # one pass for the newcomer's prefill and the batch's decode, or one pass for each
+            assert calls == ["step"] or "decode" in calls and any(c.startswith("prefill") for c in calls)
             assert len(running.output_ids) == before + 1  # the running row decoded in this step
         assert new.output_ids
         if options.get("chunked_prefill"):

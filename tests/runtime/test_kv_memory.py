@@ -92,9 +92,18 @@ def _run(engine, workload: list[Arrival], events: list[tuple[int, float]], total
             plans.append(plan_of([*runner.rows, seq], staged if seq in staged else [*staged, seq]))
         return chunk(seq, start, stop)
 
+    def step_and_note(chunks):  # one pass: every chunk's staging KV at once, then the joins
+        staged = [st.seq for st in runner.staging.values()]
+        staged += [seq for seq, _, _ in chunks if seq not in staged]
+        plans.append(plan_of(runner.rows, staged))
+        joining = [seq for seq, _, stop in chunks if stop == len(seq.input_ids)]
+        if joining:
+            plans.append(plan_of([*runner.rows, *joining], staged))
+        return step(chunks)
+
     runner.prefill = prefill_and_note
-    chunk = runner.prefill_chunk
-    runner.prefill_chunk = chunk_and_note
+    chunk, step = runner.prefill_chunk, runner.step
+    runner.prefill_chunk, runner.step = chunk_and_note, step_and_note
     worst = {"held_over": 0, "steps": 0}
     for step in range(3000):
         for i, a in enumerate(workload):
@@ -137,7 +146,7 @@ def _run(engine, workload: list[Arrival], events: list[tuple[int, float]], total
         live -= done
         if not live and step > max((a.step for a in workload), default=0) and not cancel_at:
             break
-    runner.prefill, runner.prefill_chunk = prefill, chunk
+    runner.prefill, runner.prefill_chunk, runner.step = prefill, chunk, step
     assert not live, f"requests never finished: {sorted(live)[:5]}"
     for rid in sink.outputs:
         sink.final(rid)  # exactly one final each

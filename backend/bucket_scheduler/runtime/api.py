@@ -114,6 +114,10 @@ class EngineConfig:
     batch_invariant: bool = False
     # Llama-family models run our own lean forward (runtime/fast_step.py); false: transformers' forward.
     fast_path: bool = True
+    # With the lean eager step and chunked prefill: a step is one forward pass (the prompt chunks
+    # and the batch's decode share each weight read; a whole prompt is one chunk). false: one
+    # pass for the whole prompts, one per chunk, one for the decode.
+    mixed_step: bool = True
     # The lean decode step's row-wise pieces through torch.compile: off | inductor (one graph
     # per shape-grid batch size) | inductor-dynamic | cudagraphs (GPU); runtime/compiled_step.py.
     compile: str = "off"

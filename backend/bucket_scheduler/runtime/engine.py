@@ -102,6 +102,10 @@ class Engine:
         self.planner = MemoryPlanner(self.kv_spec, probe, memory_fraction=config.memory_fraction)
         self.scheduler = make_scheduler(config.policy, self.planner, config.max_model_len, config.max_num_seqs,
                                         **config.policy_options())
+        # One forward pass a step where the runner can and every prompt may be staged (the
+        # planner charges a staging KV to each admission only when chunking is on).
+        prefill = getattr(self.scheduler, "prefill", None)
+        self._mixed = config.mixed_step and self.runner.mixes and prefill is not None and prefill.chunking
         self.admission = Admission(config)
         self.health = Health(config.fault_backoff_s)
         # Re-entrant: on_output runs under it, and a callback may call cancel() or submit().
@@ -280,6 +284,11 @@ class Engine:
 
     def _run(self, new: list[tuple[LiveRequest, PrefillChunk]]):
         """The model passes of a step; yields the requests that got a token after each."""
+        if self._mixed:  # one pass: every chunk (a whole prompt is one) and the batch's decode
+            got = self.runner.step([(live.seq, c.start, c.stop) for live, c in new])
+            if got:
+                yield [self._live[s.request_id] for s in got if s.request_id in self._live]
+            return
         whole = [live for live, c in new if c.whole]
         if whole:
             self.runner.prefill([live.seq for live in whole])

@@ -32,6 +32,7 @@ forward for the rest (and as the `fast_path=False` setting).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -172,21 +173,10 @@ class LeanLlama:
             self._table_len = n
         return self._cos[pos].unsqueeze(2), self._sin[pos].unsqueeze(2)
 
-    # -- pieces ----------------------------------------------------------------------------------
-    # LlamaRMSNorm (float32 statistics, rounded back to the input dtype, then the weight)
-    # with torch's fused kernel for the middle part: bit-identical, half the kernels.
-    _rms = staticmethod(rms)
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x*cos + rotate_half(x)*sin, with rotate_half(x)*sin == roll(x, half)*sign_folded_sin.
-        return x * cos + torch.roll(x, self.head_dim // 2, dims=-1) * sin
-
     # -- the step --------------------------------------------------------------------------------
     def __call__(self, ids, mask, pos, kv, r0: int, r1: int, write_at: int, decode: bool,
                  pieces: StepPieces = EAGER, grid: ShapeGrid | None = None) -> torch.Tensor:
-        if decode and ids.shape[1] > 1:  # a prompt chunk over a cached prefix (staging.py)
-            return self._prefill(ids, mask, pos, kv, r0, r1, write_at, cached=True)
-        if decode:
+        if decode and ids.shape[1] == 1:
             if pieces.compiled:
                 try:
                     out = pieces.run(self, ids, mask, pos, kv, r0, r1, write_at, grid)
@@ -194,8 +184,65 @@ class LeanLlama:
                     return out
                 except Exception as exc:  # noqa: BLE001 - a compile/run failure: eager for good
                     pieces.give_up(exc)  # the eager step below rewrites the same KV columns
-            return self._decode(ids, mask, pos, kv, r0, r1, write_at, EAGER, None if pieces.stats.failed else grid)
-        return self._prefill(ids, mask, pos, kv, r0, r1, write_at)
+            if not self.sdpa_decode:  # the matmul-softmax-matmul reference (benchmarks compare)
+                return self._decode(ids, mask, pos, kv, r0, r1, write_at, EAGER, None)
+        return self.mixed([Segment(ids, mask, pos, kv, r0, r1, write_at, cached=decode)])[0]
+
+    def mixed(self, segments: list["Segment"]) -> list[torch.Tensor]:
+        """Each segment's last-position logits ([rows, vocab]) from one pass. The token-wise work
+        (embedding, norms, matmuls, rotary, MLP) runs once over every segment's tokens together,
+        so a step that decodes the batch and prefills prompt chunks reads the weights once;
+        only the KV writes and attention go segment by segment."""
+        nh, nkv, d = self.heads, self.kv_heads, self.head_dim
+        ids = torch.cat([s.ids.reshape(-1) for s in segments])
+        pos = torch.cat([s.pos.reshape(-1) for s in segments])
+        n = ids.numel()
+        h = F.embedding(ids, self.embed).unsqueeze(0)  # [1, N, H]
+        cos, sin = self._rope(pos.view(1, n))
+        plans, at = [], 0
+        for s in segments:
+            plans.append(_AttentionPlan.of(s, at, self.dtype))
+            at += s.ids.numel()
+        add_rms, rope, swiglu = EAGER.add_rms, EAGER.rope, EAGER.swiglu
+        x = rms(h, self.layers[0].ln1, self.layers[0].eps1)
+        delta = None
+        for li, L in enumerate(self.layers):
+            if delta is not None:  # the previous layer's residual add, fused with this norm
+                h, x = add_rms(h, delta, L.ln1, L.eps1)
+            qkv = L.qkv(x).view(1, n, nh + 2 * nkv, d)
+            qk = rope(qkv, cos, sin, nh + nkv, d // 2)  # [1, N, nh+nkv, d]
+            att = [self._attend(p, li, qk, qkv) for p in plans]
+            h, x = add_rms(h, L.o(att[0] if len(att) == 1 else torch.cat(att, dim=1)), L.ln2, L.eps2)
+            delta = L.down(swiglu(L.gate_up(x), self.inter))
+        last = torch.cat([p.last for p in plans])
+        logits = self.lm_head(rms(h[0, last] + delta[0, last], self.norm, self.norm_eps))
+        return list(logits.split([p.rows for p in plans]))
+
+    def _attend(self, p: "_AttentionPlan", li: int, qk: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """Write one segment's new keys and values into its KV buffer and attend; [1, R*T, nh*d]."""
+        nh, nkv, d = self.heads, self.kv_heads, self.head_dim
+        s, R, T = p.segment, p.rows, p.tokens
+        qk = qk[0, p.offset : p.offset + R * T].view(R, T, nh + nkv, d)
+        v_new = qkv[0, p.offset : p.offset + R * T, nh + nkv :].view(R, T, nkv, d)
+        kb, vb = s.kv.keys[li], s.kv.values[li]
+        w = s.write_at
+        kb[s.r0 : s.r1, :, w : w + T].copy_(qk[:, :, nh:].transpose(1, 2))
+        vb[s.r0 : s.r1, :, w : w + T].copy_(v_new.transpose(1, 2))
+        if s.cached:
+            k, v = kb[s.r0 : s.r1, :, p.c0 : w + T], vb[s.r0 : s.r1, :, p.c0 : w + T]
+        else:
+            k, v = qk[:, :, nh:].transpose(1, 2), v_new.transpose(1, 2)
+        if T == 1 and s.cached:
+            # A decode row: its query heads, grouped under their KV head, are the "query length"
+            # of one SDPA call (no repeat of K/V; faster than enable_gqa here, docs/benchmarks.md).
+            # One fused kernel over the strided window [c0, end] of the buffer, no copy.
+            q = qk[:, 0, :nh].reshape(R, nkv, nh // nkv, d)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=self.scaling)
+        else:
+            q = qk[:, :, :nh].transpose(1, 2)  # [R, nh, T, d]
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=self.scaling,
+                                                 enable_gqa=nh > nkv).transpose(1, 2)
+        return att.reshape(1, R * T, nh * d)
 
     def _decode(self, ids, mask, pos, kv, r0, r1, write_at, pieces: StepPieces, grid: ShapeGrid | None):
         """One token per row. With a grid the batch is padded to the grid's size: dummy rows
@@ -276,45 +323,57 @@ class LeanLlama:
             pieces.stats.seconds += time.perf_counter() - t0
             pieces.stats.shapes += 1
 
-    def _prefill(self, ids, mask, pos, kv, r0: int, r1: int, write_at: int, cached: bool = False) -> torch.Tensor:
-        """T prompt tokens per row. cached: the rows already hold a prefix in the KV buffer
-        (columns [kv.start, write_at), `mask` over the whole buffer) and the tokens attend to
-        it and causally among themselves (a chunk of a long prompt)."""
-        B, T = ids.shape
-        nh, nkv, d = self.heads, self.kv_heads, self.head_dim
-        g = nh // nkv
-        h = F.embedding(ids, self.embed)  # [B, T, H]
-        cos, sin = self._rope(pos)
-        end = write_at + T
-        if cached:
-            c0 = kv.start
-            cols = torch.arange(c0, end, device=h.device)
-            later = cols.unsqueeze(0) > torch.arange(write_at, end, device=h.device).unsqueeze(1)  # [T, C]
-            attn_mask = mask[:, c0:end].view(B, 1, 1, -1) & ~later.view(1, 1, T, -1)
-        else:
-            # Causal over the T new tokens, minus left padding; a padding query sees itself
-            # (never a fully masked row: SDPA would give NaN there, and its key is masked for
-            # every real token anyway).
-            causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril_()
-            attn_mask = (causal & mask.view(B, 1, 1, T)) | torch.eye(T, dtype=torch.bool, device=h.device)
-        for li, L in enumerate(self.layers):
-            x = self._rms(h, L.ln1, L.eps1)
-            qkv = L.qkv(x).view(B, T, nh + 2 * nkv, d)
-            qk = self._rotate(qkv[:, :, : nh + nkv], cos, sin)  # [B, T, nh+nkv, d]
-            kb, vb = kv.keys[li], kv.values[li]
-            kb[r0:r1, :, write_at:end].copy_(qk[:, :, nh:].transpose(1, 2))
-            vb[r0:r1, :, write_at:end].copy_(qkv[:, :, nh + nkv :].transpose(1, 2))
-            q = qk[:, :, :nh].transpose(1, 2)  # [B, nh, T, d]
-            if cached:
-                k, v = kb[r0:r1, :, c0:end], vb[r0:r1, :, c0:end]
-            else:
-                k, v = qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + nkv :].transpose(1, 2)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
-                                                 enable_gqa=g > 1)
-            att = att.transpose(1, 2).reshape(B, T, nh * d)
-            h = h + L.o(att)
-            x = self._rms(h, L.ln2, L.eps2)
-            gu = L.gate_up(x)
-            h = h + L.down(F.silu(gu[..., : self.inter]) * gu[..., self.inter :])
-        last = self._rms(h[:, -1], self.norm, self.norm_eps)
-        return self.lm_head(last)
+
+@dataclass
+class Segment:
+    """A part of one forward pass: rows [r0, r1) of `kv` (the batch's KV or a staging KV), T new
+    tokens each (`ids`, `pos`: [R, T]), written from column `write_at`. cached: the rows also
+    attend to what the buffer holds before write_at (a decode step, a later chunk of a prompt;
+    `mask` [R, columns] over the whole buffer); else a fresh prefill (`mask` [R, T], True on
+    real tokens, left padding)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    kv: object
+    r0: int
+    r1: int
+    write_at: int
+    cached: bool
+
+
+@dataclass
+class _AttentionPlan:
+    """What a segment's attention needs in every layer, built once per pass."""
+
+    segment: Segment
+    offset: int  # its first token in the pass's flat token order
+    rows: int
+    tokens: int
+    c0: int  # first buffer column attended (cached)
+    mask: torch.Tensor  # decode: additive bias [R, 1, 1, C]; else bool [R, 1, T, C]
+    last: torch.Tensor  # flat indices of each row's last token
+
+    @classmethod
+    def of(cls, s: Segment, offset: int, dtype) -> "_AttentionPlan":
+        R, T = s.ids.shape
+        dev = s.ids.device
+        last = offset + torch.arange(R, device=dev) * T + (T - 1)
+        end = s.write_at + T
+        c0 = s.kv.start if s.cached else s.write_at
+        if s.cached and T == 1:
+            # Attention reads only the columns some row uses, [start, end], with the padding
+            # mask as an additive bias (one per step, shared by every layer).
+            bias = torch.zeros((R, end - c0), dtype=dtype, device=dev)
+            bias.masked_fill_(~s.mask[:, c0:end], float("-inf"))
+            return cls(s, offset, R, T, c0, bias.view(R, 1, 1, -1), last)
+        if s.cached:  # a chunk over a cached prefix: the prefix, and itself causally
+            cols = torch.arange(c0, end, device=dev)
+            later = cols.unsqueeze(0) > torch.arange(s.write_at, end, device=dev).unsqueeze(1)  # [T, C]
+            return cls(s, offset, R, T, c0, s.mask[:, c0:end].view(R, 1, 1, -1) & ~later.view(1, 1, T, -1), last)
+        # Causal over the T new tokens, minus left padding; a padding query sees itself (never a
+        # fully masked row: SDPA would give NaN there, and its key is masked for every real
+        # token anyway).
+        causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril_()
+        mask = (causal & s.mask.view(R, 1, 1, T)) | torch.eye(T, dtype=torch.bool, device=dev)
+        return cls(s, offset, R, T, c0, mask, last)

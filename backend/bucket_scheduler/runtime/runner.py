@@ -21,7 +21,7 @@ import torch
 
 from .compiled_graph import DecodeGraph
 from .compiled_step import StepPieces
-from .fast_step import EAGER, lean_step_for
+from .fast_step import EAGER, Segment, lean_step_for
 from .kv_cache import BatchKV
 from .sampling import choose, prepare_logits
 from .sequence import Sequence
@@ -159,24 +159,74 @@ class Runner:
         place and its first token is sampled; returns whether it joined."""
         if self.fault_hook:
             self.fault_hook("prefill", [seq])
+        logits = self._staged(seq).compute(start, stop, self._forward)
+        joined = self._chunk_done(seq, start, stop)
+        if joined:
+            self._sample_and_append([seq], logits)
+        return joined
+
+    @property
+    def mixes(self) -> bool:
+        """Whether step() can run chunks and the decode in one pass (the lean eager step)."""
+        return self.lean is not None and not self.pieces.compiled
+
+    @torch.inference_mode()
+    def step(self, chunks: list[tuple[Sequence, int, int]]) -> list[Sequence]:
+        """One forward pass for a whole step (needs `mixes`): prompt chunks (a whole prompt is one
+        chunk; each in its staging KV, joining the batch with its last chunk) and one decode
+        token for every row already in the batch. Returns the sequences that got a token: the
+        decoded rows, then the prompts that joined."""
+        if self.fault_hook:
+            if chunks:
+                self.fault_hook("prefill", [seq for seq, _, _ in chunks])
+            if self.rows:
+                self.fault_hook("decode", self.rows)
+        segments = []
+        for seq, start, stop in chunks:  # staging first: it may give the batch's spare memory back
+            ids, mask, pos, view = self._staged(seq).inputs(start, stop)
+            segments.append(Segment(ids, mask, pos, view.buffers, *view.target()))
+        rows = list(self.rows)
+        if rows:
+            ids, mask, pos, view = self._decode_inputs()
+            segments.append(Segment(ids, mask, pos, view.buffers, *view.target()))
+        dev = self.device
+        for seg in segments:
+            seg.ids, seg.mask, seg.pos = seg.ids.to(dev), seg.mask.to(dev), seg.pos.to(dev)
+        self.lean_calls += 1
+        logits = self.lean.mixed(segments)
+        if rows:  # the rows first: joining may move the batch's buffers
+            self._decode_done(logits[-1])
+        joined, joined_logits = [], []
+        for (seq, start, stop), row_logits in zip(chunks, logits):
+            self.staging[seq.request_id].commit(start, stop)
+            if self._chunk_done(seq, start, stop):
+                joined.append(seq)
+                joined_logits.append(row_logits)
+        if joined:
+            self._sample_and_append(joined, torch.cat(joined_logits))
+        return rows + joined
+
+    def _staged(self, seq: Sequence) -> Staged:
         staged = self.staging.get(seq.request_id)
         if staged is None:
             # The batch may hold more than its rows' plan (rows left since it was allocated):
             # give that back before the staging KV takes memory the plan gave to it.
             self.kv.fit_rows()
             staged = self.staging[seq.request_id] = Staged.start(seq, self.kv)
-        logits = staged.compute(start, stop, self._forward)
+        return staged
+
+    def _chunk_done(self, seq: Sequence, start: int, stop: int) -> bool:
+        """Count a computed chunk; after the last one move the request into the batch. Returns
+        whether it joined (its first token is then to be sampled)."""
         c = self.counters
         c.prefill_calls += 1
         c.prefill_tokens += stop - start
         c.prefill_slots += stop - start
         if stop < len(seq.input_ids):
             return False
-        del self.staging[seq.request_id]
-        staged.join(self.kv)
+        self.staging.pop(seq.request_id).join(self.kv)
         self._index[seq.request_id] = len(self.rows)
         self.rows.append(seq)
-        self._sample_and_append([seq], logits)
         return True
 
     def _prefill_group(self, inputs: list[list[int]], first_row: int, width: int) -> torch.Tensor:
@@ -202,13 +252,18 @@ class Runner:
             return
         if self.fault_hook:
             self.fault_hook("decode", self.rows)
+        self._decode_done(self._forward(*self._decode_inputs()))
+
+    def _decode_inputs(self):
+        """(ids, mask, positions, view) of a decode forward over every row, with room made."""
         kv = self.kv
         kv.reserve_decode(1)
         ids = torch.tensor([[s.output_ids[-1]] for s in self.rows], dtype=torch.long)
         pos = torch.tensor(kv.lengths, dtype=torch.long).unsqueeze(1)
-        mask = kv.decode_mask(1)
-        logits = self._forward(ids, mask, pos, kv.decode_view())
-        c = self.counters
+        return ids, kv.decode_mask(1), pos, kv.decode_view()
+
+    def _decode_done(self, logits: torch.Tensor) -> None:
+        kv, c = self.kv, self.counters
         c.decode_calls += 1
         c.decode_tokens += kv.n
         c.decode_kv_slots += kv.attended_slots()

@@ -42,24 +42,35 @@ class Staged:
 
     def compute(self, start: int, stop: int, forward: Forward) -> torch.Tensor:
         """Compute input tokens [start, stop); returns the last position's logits [1, vocab]."""
+        ids, mask, pos, view = self.inputs(start, stop)
+        logits = forward(ids, mask, pos, view)
+        self.commit(start, stop)
+        return logits
+
+    def inputs(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CacheView]:
+        """(ids, mask, positions, view) of the forward that computes tokens [start, stop), with
+        room made for them; commit() after that forward."""
         if start != self.done or not start < stop <= len(self.seq.input_ids):
             raise RuntimeError(f"{self.seq.request_id}: chunk [{start}, {stop}) does not follow the "
                                f"{self.done} tokens computed of {len(self.seq.input_ids)}")
         ids = torch.tensor([self.seq.input_ids[start:stop]], dtype=torch.long)
         t = stop - start
-        kv, worst = self.kv, self.seq.worst_tokens
+        kv = self.kv
         if start == 0:
-            _, write_at = kv.place_new_rows(1, t, [worst])
+            _, write_at = kv.place_new_rows(1, t, [self.seq.worst_tokens])
             mask = torch.ones((1, t), dtype=torch.bool)
             pos = torch.arange(t, dtype=torch.long).unsqueeze(0)
-            logits = forward(ids, mask, pos, kv.prefill_view(0, 1, write_at))
-            kv.commit_new_rows([t], [worst])
-            return logits
+            return ids, mask, pos, kv.prefill_view(0, 1, write_at)
         kv.reserve_decode(t)
         pos = torch.arange(start, stop, dtype=torch.long).unsqueeze(0)
-        logits = forward(ids, kv.decode_mask(t), pos, kv.decode_view())
-        kv.advance(t)
-        return logits
+        return ids, kv.decode_mask(t), pos, kv.decode_view()
+
+    def commit(self, start: int, stop: int) -> None:
+        """Tokens [start, stop) are in the staging KV (their forward ran)."""
+        if start == 0:
+            self.kv.commit_new_rows([stop], [self.seq.worst_tokens])
+        else:
+            self.kv.advance(stop - start)
 
     @torch.inference_mode()
     def join(self, batch: BatchKV) -> None:
