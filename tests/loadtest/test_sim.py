@@ -183,3 +183,16 @@ def test_step_samples_switch_clock_and_busy_throughput_counts_cpu_time():
     assert chunked.on("cpu").chunks == ((0, 256), (256, 40)) and chunked.prefills
     results = [RequestResult(0, False, 10, 4, 0.0, output_tokens=4), RequestResult(1, False, 10, 6, 0.0, output_tokens=6)]
     assert _busy_tok_s(results, [s, StepSample((), (1,), 0.3, 0.3)]) == pytest.approx(10 / 0.5)
+
+
+def test_measurements_saved_before_chunking_load_with_no_chunks(tmp_path):
+    from bucketserve_bench.sim_validate import load_measured
+
+    step = {"prefill_lens": [12, 30], "decode_lens": [40], "seconds": 0.2, "cpu_seconds": 0.1}
+    raw = {"continuous": {"options": {}, "fit": [], "val": [], "fit_steps": [step], "val_steps": [], "rates": {}}}
+    path = tmp_path / "cpu_measured.json"
+    path.write_text(json.dumps(raw))
+    measured, kv, _ = load_measured(path)
+    (s,) = measured["continuous"]["fit_steps"]
+    assert s.chunks == () and s.prefill_lens == (12, 30) and s.on("cpu").seconds == 0.1
+    assert kv.num_layers == 30
