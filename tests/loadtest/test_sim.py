@@ -161,6 +161,8 @@ def test_cpu_validation_fits_and_replays_the_tiny_engine(tmp_path):
         assert (out / f"cpu_validation_{clock}.png").read_bytes()[:4] == b"\x89PNG"
     # every prompt token of a run is recorded once, in a whole prefill or in a chunk with its prefix
     measured = json.loads((out / "cpu_measured.json").read_text())["policies"]["continuous"]
+    # the replay builds its scheduler with the engine's own options: the same budget and chunking
+    assert measured["options"]["max_num_batched_tokens"] == 256 and measured["options"]["chunked_prefill"]
     for label in ("fit", "val"):
         steps = measured[f"{label}_steps"]
         recorded = sum(sum(x["prefill_lens"]) + sum(n for _, n in x["chunks"]) for x in steps)
