@@ -5,12 +5,12 @@
 2. Run our engine in process (the served model, SmolLM2 by default, its served dtype) on
    each set, once per policy, every request queued at t=0 (saturated), recording every
    engine step: whole prompts prefilled, prompt chunks (cached prefix, tokens), KV lengths
-   decoded, wall time.  With --rates, the
-   validation set is also sent at Poisson times (the serving benchmark's arrival pattern).
+   decoded, wall time.  With --rates, the validation set is also sent at Poisson times
+   (the serving benchmark's arrival pattern).
 3. Fit the cost model (sim_fit.py) on the fit set's steps, all policies together.
 4. Simulate each validation run on one simulated GPU stepping the same policy with the
-   engine's options and step semantics (core/sim ColocatedInstance, step_mode "engine"),
-   (the scheduler's own per-step prefill budget and chunking, the engine's passes), and
+   engine's options and step semantics (core/sim ColocatedInstance, step_mode "engine":
+   the scheduler's own per-step prefill budget and chunking, the engine's passes), and
    compare predicted with measured throughput and rate at 80% SLO attainment.
 """
 
