@@ -4,12 +4,14 @@
    share) twice: a fit set (seed 0) and a validation set (seed 1, other requests).
 2. Run our engine in process (the served model, SmolLM2 by default, its served dtype) on
    each set, once per policy, every request queued at t=0 (saturated), recording every
-   engine step: prompts prefilled, contexts decoded, wall time.  With --rates, the
-   validation set is also sent at Poisson times (the serving benchmark's arrival pattern).
+   engine step: whole prompts prefilled, prompt chunks (cached prefix, tokens), KV lengths
+   decoded, wall time.  With --rates, the validation set is also sent at Poisson times
+   (the serving benchmark's arrival pattern).
 3. Fit the cost model (sim_fit.py) on the fit set's steps, all policies together.
 4. Simulate each validation run on one simulated GPU stepping the same policy with the
-   engine's options and step semantics (core/sim ColocatedInstance, step_mode "engine"),
-   and compare predicted with measured throughput and rate at 80% SLO attainment.
+   engine's options and step semantics (core/sim ColocatedInstance, step_mode "engine":
+   the scheduler's own per-step prefill budget and chunking, the engine's passes), and
+   compare predicted with measured throughput and rate at 80% SLO attainment.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class EngineRun:
         self.samples: list[StepSample] = []
         self._cur: dict = {}
         eng, runner = self.engine, self.engine.runner
-        step, prefill, decode = eng._step, runner.prefill, runner.decode
+        step, prefill, prefill_chunk, decode = eng._step, runner.prefill, runner.prefill_chunk, runner.decode
 
         def timed_step():
             self._cur = {}
@@ -91,17 +93,22 @@ class EngineRun:
             step()
             dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
             if self._cur:
-                self.samples.append(StepSample(tuple(self._cur.get("pre", ())), tuple(self._cur.get("dec", ())), dt, cpu))
+                self.samples.append(StepSample(tuple(self._cur.get("pre", ())), tuple(self._cur.get("dec", ())), dt, cpu,
+                                               tuple(self._cur.get("chunks", ()))))
 
         def rec_prefill(seqs):
             self._cur["pre"] = [len(s.input_ids) for s in seqs]
             return prefill(seqs)
 
+        def rec_chunk(seq, start, stop):
+            self._cur.setdefault("chunks", []).append((start, stop - start))
+            return prefill_chunk(seq, start, stop)
+
         def rec_decode():
             self._cur["dec"] = list(runner.kv.lengths)
             return decode()
 
-        eng._step, runner.prefill, runner.decode = timed_step, rec_prefill, rec_decode
+        eng._step, runner.prefill, runner.prefill_chunk, runner.decode = timed_step, rec_prefill, rec_chunk, rec_decode
 
     def free_bytes(self) -> int:
         return self.engine.planner.probe.free_bytes()
@@ -171,7 +178,8 @@ def load_measured(path: Path):
                "free_bytes": 8 << 30}
 
     def steps(rows):
-        return [StepSample(tuple(x["prefill_lens"]), tuple(x["decode_lens"]), x["seconds"], x.get("cpu_seconds")) for x in rows]
+        return [StepSample(tuple(x["prefill_lens"]), tuple(x["decode_lens"]), x["seconds"], x.get("cpu_seconds"),
+                           tuple(tuple(c) for c in x.get("chunks", ()))) for x in rows]  # no chunks: measured before chunking
 
     measured = {p: {"options": m["options"], "fit": [RequestResult(**r) for r in m["fit"]], "val": [RequestResult(**r) for r in m["val"]],
                     "fit_steps": steps(m["fit_steps"]), "val_steps": steps(m["val_steps"]),
@@ -282,7 +290,8 @@ def analyse(measured: dict, kv, free: int, args, clock: str, log) -> dict:
           taking the cores), measured throughput = tokens / summed step CPU time."""
     fit_samples = [x.on(clock) for m in measured.values() for x in m["fit_steps"]]
     cost = fit_cost_model(fit_samples)
-    log(f"[cpu] {clock} clock: fitted cost model (ms): prefill {cost.prefill}, decode {cost.decode_small}")
+    log(f"[cpu] {clock} clock: fitted cost model (ms): prefill {cost.prefill}, chunk {cost.chunk or 'as prefill'}, "
+        f"decode {cost.decode_small}")
     rows = []
     for policy, m in measured.items():
         row = {"policy": policy,
@@ -316,9 +325,10 @@ def markdown(report: dict) -> str:
 
 def markdown_clock(clock: str, report: dict) -> str:
     c = report["cost_model_ms"]
+    fmt = lambda v: "as prefill" if v is None else f"({v[0]:.3g}, {v[1]:.3g}, {v[2]:.3g})"  # noqa: E731
     lines = [f"**{clock} clock.** Fitted on {report['fit_steps']} engine steps (fit sets): prefill (a, b, c) = "
-             f"({c['prefill'][0]:.3g}, {c['prefill'][1]:.3g}, {c['prefill'][2]:.3g}), decode (a, b, c) = "
-             f"({c['decode_small'][0]:.3g}, {c['decode_small'][1]:.3g}, {c['decode_small'][2]:.3g}) ms.", "",
+             f"{fmt(c['prefill'])}, chunk (a, b, c) = {fmt(c.get('chunk'))}, decode (a, b, c) = "
+             f"{fmt(c['decode_small'])} ms.", "",
              "| policy | fit set: measured / predicted tok/s | error | validation set: measured / predicted tok/s | error | step time ratio (val) | rate at 80% SLO measured / predicted | error |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:

@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from bucket_scheduler.core.clock import CostModel
+from bucket_scheduler.core.prefill import prefill_groups
 from bucket_scheduler.core.sim import ClusterSpec, PaperWorkload, build, default_config, simulate
 from bucket_scheduler.core.sim.cluster import Deployment
 from bucket_scheduler.core.sim.hardware import LLAMA2_13B_KV, GpuSpec
@@ -109,7 +110,75 @@ def test_engine_step_first_token_comes_after_prefill_before_the_decode():
     rec = run.records[0]
     cost = CostModel(padded=False)
     assert rec.first_token_s == pytest.approx(cost.prefill_ms([1000]) / 1000)
-    assert rec.finish_s == pytest.approx(rec.first_token_s + cost.decode_ms([1001]) / 1000)
+    # the decode forward feeds the first token in: the KV holds the 1000 prompt tokens
+    assert rec.finish_s == pytest.approx(rec.first_token_s + cost.decode_ms([1000]) / 1000)
+
+
+# --- the engine replay: the engine's per-step prefill budget, chunks and passes ---------------
+
+# Distinct terms per pass kind, so each expected time below names the passes it is made of.
+ENGINE_COST = CostModel(prefill=(10.0, 0.1, 1e-4), chunk=(5.0, 0.2, 1e-3), decode_small=(3.0, 0.01, 0.5),
+                        decode_switch_bs=1 << 30, padded=True)
+
+
+def engine_gpu(policy, options, **kw):
+    sched = build_scheduler(SchedulerSpec(policy, options, "padded", 32), LLAMA2_13B_KV,
+                            CLUSTER.gpu.free_kv_bytes, 0.9, 4096)
+    return ColocatedInstance("cpu", sched, ENGINE_COST, step_mode="engine", **kw)
+
+
+def test_engine_replay_prefills_whole_prompts_in_the_budget_then_chunks_a_long_one_priced_by_prefix():
+    inst = engine_gpu("continuous", {"max_num_batched_tokens": 256, "chunked_prefill": True})
+    run = simulate(Deployment(colocated=[inst]), [spec(0, 100, 5), spec(1, 600, 2)])
+    a, b = run.records
+    c = ENGINE_COST
+    # step 1: A (100) whole in one forward, then B's first chunk takes the 156 tokens left of the
+    # budget (a forward of its own), then A decodes (its KV: 100 tokens)
+    t_a1 = c.prefill_ms([100]) / 1000
+    t1 = t_a1 + (c.chunk_ms(0, 156) + c.decode_ms([100])) / 1000
+    assert a.first_token_s == pytest.approx(t_a1)
+    # step 2: B's middle chunk attends to 156 cached tokens; A keeps decoding
+    t2 = t1 + (c.chunk_ms(156, 256) + c.decode_ms([101])) / 1000
+    # step 3: B's last chunk (188 after 412) gives its first token; B joins and decodes with A
+    t_b1 = t2 + c.chunk_ms(412, 188) / 1000
+    t3 = t_b1 + c.decode_ms([102, 600]) / 1000
+    assert b.first_token_s == pytest.approx(t_b1)
+    assert b.finish_s == pytest.approx(t3)
+    assert a.finish_s == pytest.approx(t3 + c.decode_ms([103]) / 1000)  # step 4: A alone, 5th token
+    assert inst.steps == 4 and inst.prefill_useful == inst.prefill_computed == 700
+
+
+def test_engine_replay_without_chunking_a_prompt_over_the_budget_waits_then_goes_alone():
+    inst = engine_gpu("continuous", {"max_num_batched_tokens": 256, "chunked_prefill": False})
+    run = simulate(Deployment(colocated=[inst]), [spec(0, 100, 3), spec(1, 300, 2)])
+    a, b = run.records
+    c = ENGINE_COST
+    t1 = (c.prefill_ms([100]) + c.decode_ms([100])) / 1000  # B does not fit what is left: next step
+    assert a.first_token_s == pytest.approx(c.prefill_ms([100]) / 1000)
+    assert b.first_token_s == pytest.approx(t1 + c.prefill_ms([300]) / 1000)  # alone, whole, over the budget
+    assert b.finish_s == pytest.approx(b.first_token_s + c.decode_ms([101, 300]) / 1000)
+
+
+def test_engine_replay_without_a_budget_splits_a_batched_prefill_into_the_runners_forwards():
+    inst = engine_gpu("static", {"max_batch_size": 3, "max_queue_delay_s": 0.0}, prefill_group_tokens=300)
+    run = simulate(Deployment(colocated=[inst]), [spec(0, 100, 2), spec(1, 200, 2), spec(2, 150, 2)])
+    c = ENGINE_COST
+    # 2 rows x 200 > 300 slots: three forwards, each paying its constant once
+    assert prefill_groups([100, 200, 150], 300) == [(0, 1), (1, 2), (2, 3)]
+    t = sum(c.prefill_ms(g) for g in ([100], [200], [150])) / 1000
+    assert [r.first_token_s for r in run.records] == pytest.approx([t] * 3)
+    assert inst.prefill_computed == 450
+    assert prefill_groups([100, 200, 150]) == [(0, 3)]  # the runner's default: one forward
+
+
+def test_engine_step_cost_pays_each_forward_once_and_a_chunk_grows_with_its_prefix():
+    c = ENGINE_COST
+    assert c.engine_step_ms([], [], []) == 0.0
+    assert c.engine_step_ms([[10, 20]], [(0, 8)], [5, 9]) == pytest.approx(
+        (10 + 0.1 * 40 + 1e-4 * 2 * 400) + (5 + 0.2 * 8 + 1e-3 * 64) + (3 + 0.01 * 2 * 10 + 0.5 * 2))
+    assert c.chunk_ms(500, 100) - c.chunk_ms(0, 100) == pytest.approx(1e-3 * 100 * 500)
+    shared = CostModel(prefill=(10.0, 0.1, 1e-4))
+    assert shared.chunk_ms(0, 64) == pytest.approx(shared.prefill_ms([64]))  # no chunk terms: the prefill's
 
 
 def test_chunked_prefill_spreads_a_long_prompt_and_keeps_decoding():

@@ -86,26 +86,34 @@ def test_comparisons_divide_bucket_by_baseline_and_flag_the_25_percent_band():
 
 
 def test_cost_model_fit_recovers_known_coefficients_from_steps():
+    """Steps made of the engine's passes (whole-prompt groups, chunk forwards priced by their
+    prefix, a decode forward): the fit finds each kind's coefficients."""
     import random
 
     from bucket_scheduler.core.clock import CostModel
     from bucketserve_bench.sim_fit import StepSample, fit_cost_model, fit_error, predict_ms
 
-    truth = CostModel(prefill=(30.0, 0.5, 2e-4), decode_small=(15.0, 0.004, 1.2), decode_switch_bs=1 << 30, padded=True)
+    truth = CostModel(prefill=(30.0, 0.5, 2e-4), chunk=(12.0, 0.8, 1e-3), decode_small=(15.0, 0.004, 1.2),
+                      decode_switch_bs=1 << 30, padded=True)
     rng = random.Random(0)
     samples = []
-    for _ in range(300):
+    for _ in range(400):
         pre = tuple(rng.randint(4, 512) for _ in range(rng.choice([0, 0, 1, 3, 8])))
-        dec = tuple(rng.randint(4, 600) for _ in range(rng.randint(0 if pre else 1, 32)))
-        ms = truth.prefill_ms(list(pre)) + truth.decode_ms(list(dec))
-        samples.append(StepSample(pre, dec, (ms + rng.uniform(-0.5, 0.5)) / 1000))  # timer-sized noise
+        chunks = tuple((rng.choice([0, rng.randint(1, 400)]), rng.randint(1, 256)) for _ in range(rng.choice([0, 0, 1, 2])))
+        dec = tuple(rng.randint(4, 600) for _ in range(rng.randint(0 if pre or chunks else 1, 32)))
+        s = StepSample(pre, dec, 0.0, chunks=chunks)
+        ms = truth.engine_step_ms(s.groups, chunks, dec)
+        samples.append(StepSample(pre, dec, (ms + rng.uniform(-0.5, 0.5)) / 1000, chunks=chunks))  # timer-sized noise
     fit = fit_cost_model(samples)
-    for got, want in zip(fit.prefill + fit.decode_small, truth.prefill + truth.decode_small):
+    for got, want in zip(fit.prefill + fit.chunk + fit.decode_small, truth.prefill + truth.chunk + truth.decode_small):
         assert got == pytest.approx(want, rel=0.15)
     assert fit_error(fit, samples)["total_ratio"] == pytest.approx(1.0, abs=0.02)
     assert predict_ms(fit, StepSample((), (), 0.0)) == 0.0
     with pytest.raises(ValueError, match="need decode-only steps and prefill steps"):
-        fit_cost_model([s for s in samples if not s.prefill_lens])
+        fit_cost_model([s for s in samples if not s.prefills])
+    # too few steps with chunks to tell them apart: chunks are priced as prefill
+    few = [s for s in samples if not s.chunks] + [s for s in samples if s.chunks][:3]
+    assert fit_cost_model(few).chunk is None
 
 
 def test_keep_up_is_one_under_light_load_and_falls_under_overload():
@@ -151,6 +159,15 @@ def test_cpu_validation_fits_and_replays_the_tiny_engine(tmp_path):
         assert row["policy"] == "continuous" and a["fit_steps"] >= 6
         assert row["val"]["measured_tok_s"] > 0 and row["val"]["predicted_tok_s"] > 0
         assert (out / f"cpu_validation_{clock}.png").read_bytes()[:4] == b"\x89PNG"
+    # every prompt token of a run is recorded once, in a whole prefill or in a chunk with its prefix
+    measured = json.loads((out / "cpu_measured.json").read_text())["policies"]["continuous"]
+    # the replay builds its scheduler with the engine's own options: the same budget and chunking
+    assert measured["options"]["max_num_batched_tokens"] == 256 and measured["options"]["chunked_prefill"]
+    for label in ("fit", "val"):
+        steps = measured[f"{label}_steps"]
+        recorded = sum(sum(x["prefill_lens"]) + sum(n for _, n in x["chunks"]) for x in steps)
+        assert recorded == sum(r["server_prompt_tokens"] for r in measured[label])
+    assert any(x["chunks"] for x in measured["fit_steps"] + measured["val_steps"])  # the 256-token budget chunks
     again = tmp_path / "again"
     assert sim_validate.main(["--from-measured", str(out / "cpu_measured.json"), "--out", str(again)]) == 0
     redo = json.loads((again / "cpu_validation.json").read_text())
@@ -164,5 +181,20 @@ def test_step_samples_switch_clock_and_busy_throughput_counts_cpu_time():
 
     s = StepSample((10,), (20, 30), 0.5, 0.2)
     assert s.on("wall") is s and s.on("cpu").seconds == 0.2 and s.on("cpu").decode_lens == (20, 30)
+    chunked = StepSample((), (20,), 0.5, 0.2, chunks=((0, 256), (256, 40)))
+    assert chunked.on("cpu").chunks == ((0, 256), (256, 40)) and chunked.prefills
     results = [RequestResult(0, False, 10, 4, 0.0, output_tokens=4), RequestResult(1, False, 10, 6, 0.0, output_tokens=6)]
     assert _busy_tok_s(results, [s, StepSample((), (1,), 0.3, 0.3)]) == pytest.approx(10 / 0.5)
+
+
+def test_measurements_saved_before_chunking_load_with_no_chunks(tmp_path):
+    from bucketserve_bench.sim_validate import load_measured
+
+    step = {"prefill_lens": [12, 30], "decode_lens": [40], "seconds": 0.2, "cpu_seconds": 0.1}
+    raw = {"continuous": {"options": {}, "fit": [], "val": [], "fit_steps": [step], "val_steps": [], "rates": {}}}
+    path = tmp_path / "cpu_measured.json"
+    path.write_text(json.dumps(raw))
+    measured, kv, _ = load_measured(path)
+    (s,) = measured["continuous"]["fit_steps"]
+    assert s.chunks == () and s.prefill_lens == (12, 30) and s.on("cpu").seconds == 0.1
+    assert kv.num_layers == 30

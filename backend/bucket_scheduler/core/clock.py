@@ -14,6 +14,16 @@ sum(ctx_j + 1) = bs * (ctx_max + 1).  With padded=False the actual lengths are
 used (a paged runtime).  Step time therefore grows with computed token slots,
 padding included.
 
+Our torch engine's step (engine_step_ms, what the replay of a CPU run uses) is a sequence of
+forward passes, each paying its constant term once (each reads the weights once):
+
+    batched prefill  one forward per group of whole prompts (padded: n * L_max slots)
+    prompt chunk     one batch-1 forward per chunk of n tokens after p cached ones:
+                     a_c + b_c * n + c_c * n * (p + n)   (its n queries attend to p + n positions)
+    decode           one forward over every row
+
+`chunk` None: a chunk costs what a prefill of its tokens does (the prefill coefficients).
+
 Default coefficients: OPT-13B on one A100-80GB (tensor parallel 1), the proxy
 for Llama-2-13B; decode switches coefficient sets at batch size 95.
 """
@@ -31,6 +41,7 @@ class CostModel:
     decode_large: tuple[float, float, float] = (7.166, 5.798e-4, 0.15831)
     decode_switch_bs: int = 95
     padded: bool = True
+    chunk: tuple[float, float, float] | None = None  # engine: per chunk forward; None: the prefill's
 
     def prefill_ms(self, lens: Sequence[int]) -> float:
         if not lens:
@@ -48,6 +59,18 @@ class CostModel:
         a, b, c = self.decode_small if bs < self.decode_switch_bs else self.decode_large
         slots = bs * (max(ctx_lens) + 1) if self.padded else sum(ctx_lens) + bs
         return a + b * slots + c * bs
+
+    def chunk_ms(self, prefix: int, n: int) -> float:
+        """One chunk forward (batch 1): n prompt tokens after `prefix` cached ones."""
+        a, b, c = self.chunk or self.prefill
+        return a + b * n + c * n * (prefix + n)
+
+    def engine_step_ms(self, whole_groups: Sequence[Sequence[int]], chunks: Sequence[tuple[int, int]],
+                       decode_ctx_lens: Sequence[int]) -> float:
+        """Our engine's step: a forward per group of whole prompts, one per (prefix, n) chunk,
+        then one decode forward over the rows (their KV lengths)."""
+        return (sum(self.prefill_ms(g) for g in whole_groups) + sum(self.chunk_ms(p, n) for p, n in chunks)
+                + self.decode_ms(decode_ctx_lens))
 
     def step_s(self, prefill_lens: Sequence[int], decode_ctx_lens: Sequence[int]) -> float:
         return (self.prefill_ms(prefill_lens) + self.decode_ms(decode_ctx_lens)) / 1000.0

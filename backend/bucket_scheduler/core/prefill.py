@@ -69,3 +69,21 @@ def plan_prefill(running: list[Request], cfg: PrefillConfig) -> list[PrefillChun
             if room <= 0:
                 break
     return chunks
+
+
+# A batched prefill runs in forwards of at most this many padded token slots (rows x longest),
+# which keeps activation memory flat (the torch runner's default; the replay follows it).
+PREFILL_GROUP_TOKENS = 8192
+
+
+def prefill_groups(lens: list[int], max_tokens: int = PREFILL_GROUP_TOKENS) -> list[tuple[int, int]]:
+    """Split a batched prefill of prompts of these lengths (in order) into forwards: index
+    ranges [i, j) whose rows x longest stays within max_tokens (a longer prompt goes alone)."""
+    groups, i = [], 0
+    while i < len(lens):
+        j, width = i + 1, lens[i]
+        while j < len(lens) and max(width, lens[j]) * (j + 1 - i) <= max_tokens:
+            width, j = max(width, lens[j]), j + 1
+        groups.append((i, j))
+        i = j
+    return groups

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..core.prefill import PREFILL_GROUP_TOKENS, prefill_groups
 from .compiled_graph import DecodeGraph
 from .compiled_step import StepPieces
 from .fast_step import EAGER, Segment, lean_step_for
@@ -47,7 +48,7 @@ class Runner:
         self,
         model,
         tokenizer,
-        max_prefill_tokens: int = 8192,
+        max_prefill_tokens: int = PREFILL_GROUP_TOKENS,
         on_logits: Callable[[Sequence, torch.Tensor], None] | None = None,
         fast_path: bool = True,
         compile: str = "off",
@@ -134,17 +135,11 @@ class Runner:
         worst = [s.worst_tokens for s in seqs]
         first_row, _ = self.kv.place_new_rows(len(seqs), width, worst)
         logits_rows: list[torch.Tensor] = []
-        # Row groups bounded by max_prefill_tokens keep activation memory flat.
-        i = 0
-        while i < len(seqs):
-            j, group_w = i + 1, len(inputs[i])
-            while j < len(seqs):
-                w = max(group_w, len(inputs[j]))
-                if w * (j + 1 - i) > self.max_prefill_tokens:
-                    break
-                group_w, j = w, j + 1
+        # Row groups bounded by max_prefill_tokens keep activation memory flat (the core's rule:
+        # the replay simulator splits the same way).
+        for i, j in prefill_groups([len(x) for x in inputs], self.max_prefill_tokens):
+            group_w = max(len(x) for x in inputs[i:j])
             logits_rows.append(self._prefill_group(inputs[i:j], first_row + i, group_w))
-            i = j
         logits = torch.cat(logits_rows)
         self.kv.commit_new_rows([len(x) for x in inputs], worst)
         for s in seqs:

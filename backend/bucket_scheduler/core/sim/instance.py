@@ -7,8 +7,13 @@ finish); only what a step computes and costs differs by role:
   vLLM-style chunked prefill).  `step_mode`:
     "replay"  one step prefills the admitted requests and decodes the others, as
               core/replay.py does;
-    "engine"  as our torch engine does: prefill the admitted requests (first token),
-              then decode every running row, the new ones included, in the same step.
+    "engine"  as our torch engine does (runtime/engine.py _run), on the scheduler's own
+              per-step prefill plan (its token budget and chunking, core/prefill.py):
+              (a) one batched forward per group of the whole prompts that fit this step
+              (first tokens after it), (b) one batch-1 forward per chunk of a longer
+              prompt (the last chunk gives its first token and joins the batch), (c) one
+              decode forward over every row, the ones that joined this step included;
+              priced by CostModel.engine_step_ms's terms, pass by pass.
   `chunk_tokens` (vLLM chunked prefill): a step computes at most this many tokens,
   decode tokens first, then prompt chunks of admitted requests in admission order; a
   prompt's first token comes with its last chunk.
@@ -28,6 +33,7 @@ from typing import Callable
 from ..clock import CostModel
 from ..factory import make_scheduler
 from ..memory import FixedProbe, KVSpec, MemoryPlanner
+from ..prefill import PREFILL_GROUP_TOKENS, prefill_groups
 from ..request import Request, RequestClass
 from .workload import SimRequestSpec
 
@@ -131,8 +137,10 @@ class Instance:
 class ColocatedInstance(Instance):
     role = "colocated"
 
-    def __init__(self, name, sched, cost, step_mode: str = "replay", chunk_tokens: int | None = None):
+    def __init__(self, name, sched, cost, step_mode: str = "replay", chunk_tokens: int | None = None,
+                 prefill_group_tokens: int = PREFILL_GROUP_TOKENS):
         super().__init__(name, sched, cost)
+        self.prefill_group_tokens = prefill_group_tokens  # engine mode: the runner's forward size
         if step_mode not in ("replay", "engine"):
             raise ValueError(f"step_mode must be 'replay' or 'engine', got {step_mode!r}")
         self.step_mode = step_mode
@@ -152,18 +160,12 @@ class ColocatedInstance(Instance):
         self.steps += 1
         if self.chunk_tokens:
             return self._step_chunked(now, out)
-        new_ids = {r.request_id for r in out.prefill}
-        pre = [c.tokens for c in out.chunks]  # whole prompts, or chunks under the scheduler's token budget
-        self._count_prefill(pre, self.cost.padded)
         if self.step_mode == "engine":
-            t1 = now + self.cost.prefill_ms(pre) / 1000.0
-            for r in out.prefill:
-                self._token(r, t1)
-            alive = [r for r in out.running if not r.is_done and not r.is_prefilling]
-            t = t1 + self.cost.decode_ms([r.seq_len for r in alive]) / 1000.0
-            for r in alive:
-                self._token(r, t)
+            t = self._step_engine(now, out)
         else:
+            new_ids = {r.request_id for r in out.prefill}
+            pre = [c.tokens for c in out.chunks]  # whole prompts, or chunks under the scheduler's token budget
+            self._count_prefill(pre, self.cost.padded)
             dec = [r.seq_len for r in out.running if r.request_id not in new_ids and not r.is_prefilling]
             t = now + self.cost.step_s(pre, dec)
             for r in out.running:
@@ -171,6 +173,29 @@ class ColocatedInstance(Instance):
                     self._token(r, t)
         self.busy_s += t - now
         self.busy_until = t
+        return t
+
+    def _step_engine(self, now: float, out) -> float:
+        """The engine's passes in its order; each pass's tokens come at its end."""
+        cost, t = self.cost, now
+        whole = [c for c in out.chunks if c.whole]
+        lens = [c.tokens for c in whole]
+        for i, j in prefill_groups(lens, self.prefill_group_tokens):
+            t += cost.prefill_ms(lens[i:j]) / 1000.0
+            self._count_prefill(lens[i:j], cost.padded)
+        for c in whole:
+            self._token(c.req, t)
+        for c in out.chunks:
+            if not c.whole:
+                t += cost.chunk_ms(c.start, c.tokens) / 1000.0
+                self._count_prefill([c.tokens], False)
+                if c.last:
+                    self._token(c.req, t)
+        rows = [r for r in out.running if not r.is_done and not r.is_prefilling]
+        if rows:  # a row's KV holds all but its newest token, which this forward feeds in
+            t += cost.decode_ms([r.seq_len - 1 for r in rows]) / 1000.0
+            for r in rows:
+                self._token(r, t)
         return t
 
     def _step_chunked(self, now: float, out) -> float:
