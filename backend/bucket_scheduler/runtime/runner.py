@@ -27,7 +27,7 @@ from .kv_cache import BatchKV
 from .sampling import choose, prepare_logits
 from .sequence import Sequence
 from .shape_grid import ShapeGrid
-from .staging import Staged
+from .staging import Staged, join_all
 
 log = logging.getLogger("bucketserve.runner")
 
@@ -194,10 +194,15 @@ class Runner:
         joined, joined_logits = [], []
         for (seq, start, stop), row_logits in zip(chunks, logits):
             self.staging[seq.request_id].commit(start, stop)
-            if self._chunk_done(seq, start, stop):
+            self._count_chunk(start, stop)
+            if stop == len(seq.input_ids):
                 joined.append(seq)
                 joined_logits.append(row_logits)
-        if joined:
+        if joined:  # into the batch together: one placement (a reallocation at most) for all
+            join_all([self.staging.pop(seq.request_id) for seq in joined], self.kv)
+            for seq in joined:
+                self._index[seq.request_id] = len(self.rows)
+                self.rows.append(seq)
             self._sample_and_append(joined, torch.cat(joined_logits))
         return rows + joined
 
@@ -210,13 +215,16 @@ class Runner:
             staged = self.staging[seq.request_id] = Staged.start(seq, self.kv)
         return staged
 
-    def _chunk_done(self, seq: Sequence, start: int, stop: int) -> bool:
-        """Count a computed chunk; after the last one move the request into the batch. Returns
-        whether it joined (its first token is then to be sampled)."""
+    def _count_chunk(self, start: int, stop: int) -> None:
         c = self.counters
         c.prefill_calls += 1
         c.prefill_tokens += stop - start
         c.prefill_slots += stop - start
+
+    def _chunk_done(self, seq: Sequence, start: int, stop: int) -> bool:
+        """Count a computed chunk; after the last one move the request into the batch. Returns
+        whether it joined (its first token is then to be sampled)."""
+        self._count_chunk(start, stop)
         if stop < len(seq.input_ids):
             return False
         self.staging.pop(seq.request_id).join(self.kv)

@@ -75,10 +75,22 @@ class Staged:
     @torch.inference_mode()
     def join(self, batch: BatchKV) -> None:
         """Copy the computed KV into a new row of the batch, then free the staging buffers."""
-        kv, n = self.kv, self.done
-        row, write_at = batch.place_new_rows(1, n, [self.seq.worst_tokens])
+        join_all([self], batch)
+
+
+@torch.inference_mode()
+def join_all(staged: list[Staged], batch: BatchKV) -> None:
+    """Copy several requests' computed KVs into new rows of the batch, placed together (one
+    reallocation of the batch at most, however many join), then free their staging buffers."""
+    lengths = [st.done for st in staged]
+    worst = [st.seq.worst_tokens for st in staged]
+    first, write_at = batch.place_new_rows(len(staged), max(lengths), worst)
+    end = write_at + max(lengths)  # every row ends at the batch's end column
+    for i, (st, n) in enumerate(zip(staged, lengths)):
+        kv = st.kv
         for layer in range(kv.num_layers):
-            batch.keys[layer][row, :, write_at : write_at + n].copy_(kv.keys[layer][0, :, kv.end - n : kv.end])
-            batch.values[layer][row, :, write_at : write_at + n].copy_(kv.values[layer][0, :, kv.end - n : kv.end])
-        batch.commit_new_rows([n], [self.seq.worst_tokens])
-        kv.release()
+            batch.keys[layer][first + i, :, end - n : end].copy_(kv.keys[layer][0, :, kv.end - n : kv.end])
+            batch.values[layer][first + i, :, end - n : end].copy_(kv.values[layer][0, :, kv.end - n : kv.end])
+    batch.commit_new_rows(lengths, worst)
+    for st in staged:
+        st.kv.release()
