@@ -198,10 +198,17 @@ class BatchKV:
         n = min(self.n, rows_cap)
         for bufs in (self.keys, self.values) if self.keys else ():
             for layer, old in enumerate(bufs):
-                new = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                new = torch.empty(shape, dtype=self.dtype, device=self.device)
                 meter.note(new.nbytes)
                 if n and w:
                     new[:n, :, new_start : new_start + w].copy_(old[:n, :, self.start : self.end])
+                    # Zeros everywhere else (masked columns are read by attention with weight 0:
+                    # they must hold no NaN); written once, not zero-filled and then overwritten.
+                    new[:n, :, :new_start].zero_()
+                    new[:n, :, new_start + w :].zero_()
+                    new[n:].zero_()
+                else:
+                    new.zero_()
                 bufs[layer] = new  # the old tensor is freed here
         if not self.keys:
             self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
