@@ -12,11 +12,16 @@ with fewer, larger calls:
   (so every rope type that does not depend on the sequence length gives the same numbers);
 - rotate-half as a roll times a sign-folded sine (same values, fewer kernels);
 - RMSNorm through torch's fused kernel (bit-identical to LlamaRMSNorm);
-- decode attention as one SDPA kernel (grouped-query, no repeat of K/V) over the live
+- decode attention as one SDPA kernel per pass (a row's query heads grouped under their KV
+  head as the query length: no repeat of K/V) over the live
   column window [start, end] of BatchKV's buffers, strided, no copy; the padding mask is
   one additive bias built per step (docs/benchmarks.md: faster than attention.py's
   matmul-softmax-matmul, which `sdpa_decode = False` selects for comparison);
-- prefill attention: torch SDPA with the causal + left-padding mask built once per call;
+- one pass for a whole engine step (`mixed`): the decode rows and every prompt chunk of the
+  step go through the matmuls together as one flat token matrix (the weights are read once a
+  step, not once per prefill and again for the decode); only the KV writes and attention go
+  segment by segment;
+- prefill attention: torch SDPA with the causal + left-padding mask built once per pass;
 - decode's row-wise pieces (residual add + norm, rotary, SiLU * up) as functions that the
   `compile` setting hands to torch.compile (compiled_step.py; off: the same code eagerly).
 
