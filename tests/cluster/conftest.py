@@ -1,7 +1,17 @@
 """One real cluster for the module: a local Ray cluster, Serve, 2 Triton replicas of the tiny
-model behind the OpenAI ingress on a free port; always taken down."""
+model behind the OpenAI ingress on a free port; always taken down.
+
+While it starts (the replicas' tritonservers take a while), the fixture asks the ingress for
+/health and a completion every half second and keeps the answers (`starting_answers`): what a
+client sees before the replicas are ready."""
 
 from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -21,8 +31,51 @@ def cluster():
     settings = ClusterSettings(replicas=2, router="bucket", models=[TINY], threads=1, max_len=MAX_LEN, min_observations=MIN_OBS,
                                imbalance=50,  # ranges only: the overload hand-over is the slow test's
                                params={TINY: {"default_max_tokens": "8"}}, exit_timeout_s=5, health_check_period_s=1.0)
-    handle = start_local(settings, port=free_port(), num_cpus=2)
+    port = free_port()
+    started: dict = {}
+
+    def start():
+        try:
+            started["handle"] = start_local(settings, port=port, num_cpus=2)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the fixture
+            started["error"] = exc
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    answers = _watch_start(f"http://127.0.0.1:{port}", starter)
+    if "error" in started:
+        raise started["error"]
+    handle = started["handle"]
+    handle.starting_answers = answers
     try:
         yield handle
     finally:
         handle.stop()
+
+
+def _ask(url: str, path: str, body: dict | None = None) -> tuple[int, dict, dict | None]:
+    """(status, headers, JSON body or None); status 0 when nothing listens yet."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            status, headers, raw = r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, raw = exc.code, dict(exc.headers), exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, {}, None
+    try:
+        return status, headers, json.loads(raw) if raw else None
+    except ValueError:
+        return status, headers, None
+
+
+def _watch_start(url: str, starter: threading.Thread) -> list[dict]:
+    """Until the cluster is started: /health and a small completion, every half second."""
+    answers = []
+    while starter.is_alive():
+        for path, body in (("/health", None), ("/v1/completions", {"model": TINY, "prompt": "early", "max_tokens": 2})):
+            status, headers, data = _ask(url, path, body)
+            answers.append({"t": time.monotonic(), "path": path, "status": status, "headers": headers, "body": data})
+        starter.join(0.5)
+    return answers
