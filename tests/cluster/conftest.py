@@ -32,20 +32,17 @@ def cluster():
                                imbalance=50,  # ranges only: the overload hand-over is the slow test's
                                params={TINY: {"default_max_tokens": "8"}}, exit_timeout_s=5, health_check_period_s=1.0)
     port = free_port()
-    started: dict = {}
-
-    def start():
-        try:
-            started["handle"] = start_local(settings, port=port, num_cpus=2)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the fixture
-            started["error"] = exc
-
-    starter = threading.Thread(target=start, daemon=True)
-    starter.start()
-    answers = _watch_start(f"http://127.0.0.1:{port}", starter)
-    if "error" in started:
-        raise started["error"]
-    handle = started["handle"]
+    answers: list[dict] = []
+    done = threading.Event()
+    # The watcher gets the thread, not start_local: Ray ties the processes it starts (its GCS)
+    # to the thread that started them, and they die with it.
+    watcher = threading.Thread(target=_watch_start, args=(f"http://127.0.0.1:{port}", done, answers), daemon=True)
+    watcher.start()
+    try:
+        handle = start_local(settings, port=port, num_cpus=2)
+    finally:
+        done.set()
+        watcher.join(150)
     handle.starting_answers = answers
     try:
         yield handle
@@ -54,14 +51,14 @@ def cluster():
 
 
 def _ask(url: str, path: str, body: dict | None = None) -> tuple[int, dict, dict | None]:
-    """(status, headers, JSON body or None); status 0 when nothing listens yet."""
+    """(status, headers (lower-case names), JSON body or None); status 0 when nothing listens yet."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            status, headers, raw = r.status, dict(r.headers), r.read()
+            status, headers, raw = r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as exc:
-        status, headers, raw = exc.code, dict(exc.headers), exc.read()
+        status, headers, raw = exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
     except (urllib.error.URLError, OSError):
         return 0, {}, None
     try:
@@ -70,12 +67,10 @@ def _ask(url: str, path: str, body: dict | None = None) -> tuple[int, dict, dict
         return status, headers, None
 
 
-def _watch_start(url: str, starter: threading.Thread) -> list[dict]:
+def _watch_start(url: str, done: threading.Event, answers: list[dict]) -> None:
     """Until the cluster is started: /health and a small completion, every half second."""
-    answers = []
-    while starter.is_alive():
+    while not done.is_set():
         for path, body in (("/health", None), ("/v1/completions", {"model": TINY, "prompt": "early", "max_tokens": 2})):
             status, headers, data = _ask(url, path, body)
             answers.append({"t": time.monotonic(), "path": path, "status": status, "headers": headers, "body": data})
-        starter.join(0.5)
-    return answers
+        done.wait(0.5)

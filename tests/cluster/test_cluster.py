@@ -102,7 +102,7 @@ def test_before_the_replicas_are_ready_the_ingress_answers_503(cluster):
     refused = [a for a in answers if a["path"] == "/v1/completions" and starting(a)]
     assert refused, f"no request reached the ingress while the replicas started: {seen}"
     for a in refused:
-        assert a["body"]["error"]["type"] == "service_unavailable" and int(a["headers"].get("Retry-After", 0)) >= 1, a
+        assert a["body"]["error"]["type"] == "service_unavailable" and int(a["headers"].get("retry-after", 0)) >= 1, a
     assert any(a["path"] == "/health" and a["status"] == 503 for a in answers), seen
     # nothing was answered before the cluster was ready: every 200 comes after the last refusal
     last_refused = max(a["t"] for a in refused)
