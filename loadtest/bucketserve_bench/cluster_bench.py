@@ -5,9 +5,9 @@
 
 Systems, each a fresh local Ray cluster driven through its OpenAI ingress with the same
 workload (mixed lengths from both Azure traces) and the same rates:
-- bucket-2x1: 2 replicas x 1 torch thread, bucket-aware routing (a length range per replica,
-  ranges of equal prompt-token share, hand-over by queued work)
-- bucket-padding-2x1 (not run by default): the same with the core's padding-optimal ranges
+- bucket-2x1: 2 replicas x 1 torch thread, bucket-aware routing (a length range per replica:
+  the core's padding-optimal ranges, hand-over by queued work)
+- bucket-tokens-2x1 (not run by default): the same with ranges of equal prompt-token share
 - pow2-2x1:   2 replicas x 1 thread, Ray's power-of-two-choices router (the baseline)
 - single-1x2: 1 replica x 2 threads (what the two replicas' cores give one server)
 Prints the rate each holds at 80% SLO attainment and the saturated throughput, and the two
@@ -30,8 +30,8 @@ from .clients import OpenAICompletionsClient
 from .workload import PromptBuilder, add_workload_args, build_workload, load_tokenizer, summarize, workload_spec
 
 # name -> (router, replicas, threads, range split)
-SHAPES = {"bucket-2x1": ("bucket", 2, 1, "tokens"), "pow2-2x1": ("pow2", 2, 1, "tokens"), "single-1x2": ("pow2", 1, 2, "tokens"),
-          "bucket-padding-2x1": ("bucket", 2, 1, "padding")}
+SHAPES = {"bucket-2x1": ("bucket", 2, 1, "padding"), "pow2-2x1": ("pow2", 2, 1, "padding"),
+          "single-1x2": ("pow2", 1, 2, "padding"), "bucket-tokens-2x1": ("bucket", 2, 1, "tokens")}
 DEFAULT_SYSTEMS = "bucket-2x1,pow2-2x1,single-1x2"
 # --quick: the two routers side by side on a short workload (each value only where the flag was left at its default)
 QUICK = {"systems": "bucket-2x1,pow2-2x1", "num_requests": 24, "rates": "0.6,1.2", "ttft_scale": 3.0, "tpot_scale": 3.0,
@@ -48,7 +48,7 @@ class ClusterSystem:
     params: dict = field(default_factory=dict)
     max_len: int = 2048
     imbalance: float = 1
-    split: str = "tokens"
+    split: str = "padding"
     handle: object = None
 
     @property
@@ -141,9 +141,9 @@ def goal_ratios(head: dict) -> dict:
     out = {}
     b, p = get("bucket-2x1", "rate_at_slo"), get("pow2-2x1", "rate_at_slo")
     out["bucket_over_pow2_rate_at_80"] = b / p if b and p else None
-    bp = get("bucket-padding-2x1", "rate_at_slo")
-    if bp:
-        out["bucket_padding_over_pow2_rate_at_80"] = bp / p if p else None
+    bt = get("bucket-tokens-2x1", "rate_at_slo")
+    if bt:
+        out["bucket_tokens_over_pow2_rate_at_80"] = bt / p if p else None
     t2, t1 = get("pow2-2x1", "offline_total_tokens_per_s"), get("single-1x2", "offline_total_tokens_per_s")
     out["two_by_one_over_one_by_two_throughput"] = t2 / t1 if t2 and t1 else None
     tb = get("bucket-2x1", "offline_total_tokens_per_s")

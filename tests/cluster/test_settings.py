@@ -33,6 +33,6 @@ def test_cluster_command_starts_the_local_cluster_with_its_flags(monkeypatch):
     s = seen["settings"]
     assert (s.replicas, s.router, s.models, seen["host"], seen["port"]) == (3, "pow2", ["bucketserve_tiny"], "127.0.0.1", 9000)
     assert s.overrides()["bucketserve_tiny"]["policy"] == "bucket"
-    assert (s.split, s.imbalance) == ("tokens", 1.0)
-    assert cli.main(["cluster", "--ranges", "padding", "--imbalance", "2.5"]) == 0
-    assert (seen["settings"].split, seen["settings"].imbalance) == ("padding", 2.5)
+    assert (s.split, s.imbalance) == ("padding", 1.0)
+    assert cli.main(["cluster", "--ranges", "tokens", "--imbalance", "2.5"]) == 0
+    assert (seen["settings"].split, seen["settings"].imbalance) == ("tokens", 2.5)

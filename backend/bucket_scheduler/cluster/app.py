@@ -37,15 +37,15 @@ class ClusterSettings:
     max_len: int = 2048  # prompt lengths the ranges span (estimated tokens)
     min_observations: int = 16  # lengths seen before the ranges follow them (even ranges until then)
     imbalance: float = 1  # queued-work lead (in typical prompts' tokens) past which a range's replica hands over
-    split: str = "tokens"  # ranges: "tokens" (equal prompt-token share per replica) or "padding" (the core's dp cut)
+    split: str = "padding"  # ranges: "padding" (the core's dp cut) or "tokens" (equal prompt-token share per replica)
     exit_timeout_s: int = 10
     health_check_period_s: float = 2.0
 
     def __post_init__(self):
         if self.router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
-        if self.split not in ("tokens", "padding"):
-            raise ValueError(f"split must be 'tokens' or 'padding', got {self.split!r}")
+        if self.split not in ("padding", "tokens"):
+            raise ValueError(f"split must be 'padding' or 'tokens', got {self.split!r}")
         if self.replicas < 1:
             raise ValueError("replicas must be >= 1")
         if isinstance(self.models, str):

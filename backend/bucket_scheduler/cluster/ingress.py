@@ -40,7 +40,7 @@ class IngressConfig:
     models: list[str] = field(default_factory=list)
     max_len: int = 2048
     min_observations: int = 16
-    split: str = "tokens"
+    split: str = "padding"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     state_key: str = "bucketserve"
 

@@ -2,12 +2,13 @@
 
 The ranges cut the core's length histogram (core/boundaries.py: a `LengthHistogram` on
 `histogram_edges` bins) into one group per replica, in one of two ways (`split`):
-- "tokens" (the default): each replica gets an equal share of the observed prompt tokens (plus
-  a decode share per request), so the replica of long prompts does not get most of the prefill
-  work. Boundaries move only when the new ones cut the largest share's excess by more than
-  `hysteresis` (relative to an equal share).
-- "padding": the core's `dp` bucket boundaries (`optimal_boundaries`, the padding-optimal cut),
-  moved only when the new ones cut expected padding by more than `hysteresis`, as in the core.
+- "padding" (the default): the core's `dp` bucket boundaries (`optimal_boundaries`, the
+  padding-optimal cut), moved only when the new ones cut expected padding by more than
+  `hysteresis`, as in the core. The replica of long prompts gets most of the prefill work; the
+  router's queued-work hand-over (routing.py) evens it out.
+- "tokens": each replica gets an equal share of the observed prompt tokens (plus a decode share
+  per request). Boundaries move only when the new ones cut the largest share's excess by more
+  than `hysteresis` (relative to an equal share). Lost to "padding" in the cluster bench.
 Until enough lengths were seen the ranges split [0, max_len) evenly.
 
 Lengths are estimated tokens (UTF-8 bytes / 4, see prompt_length): the router needs an order
@@ -54,7 +55,7 @@ class RangeConfig:
     refresh_every: int = 64  # recompute after this many new lengths
     window: int = 2000  # lengths remembered
     hysteresis: float = 0.05
-    split: str = "tokens"  # "tokens": equal work per replica; "padding": the core's padding-optimal cut
+    split: str = "padding"  # "padding": the core's padding-optimal cut; "tokens": equal work per replica
 
     def __post_init__(self):
         if self.split not in SPLITS:

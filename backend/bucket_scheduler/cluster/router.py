@@ -42,7 +42,7 @@ class _Shared:
     state: ClusterState
 
     def initialize_state(self, state_key: str = "bucketserve", replicas: int = 1, router: str = "bucket",
-                         imbalance: float = 1, max_len: int = 2048, min_observations: int = 16, split: str = "tokens",
+                         imbalance: float = 1, max_len: int = 2048, min_observations: int = 16, split: str = "padding",
                          **_ignored):
         self.state = shared_state(state_key, replicas, router,
                                   RangeConfig(max_len=max_len, min_observations=min_observations, split=split))

@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--openai-port", type=int, default=9000)
     c.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     c.add_argument("--replica-cpus", type=float, default=0.5, help="CPUs Ray reserves per replica (fractional)")
-    c.add_argument("--ranges", choices=("tokens", "padding"), default="tokens",
-                   help="bucket router: ranges of equal prompt-token share (tokens) or the core's padding-optimal cut")
+    c.add_argument("--ranges", choices=("padding", "tokens"), default="padding",
+                   help="bucket router: the core's padding-optimal ranges, or ranges of equal prompt-token share (tokens)")
     c.add_argument("--imbalance", type=float, default=1.0,
                    help="bucket router: queued-work lead (typical prompts) past which a range's replica hands over")
     for flag in SETTING_FLAGS:
