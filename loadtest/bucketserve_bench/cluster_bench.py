@@ -1,10 +1,13 @@
 """bucketserve-bench cluster: the Ray Serve cluster's routers and shapes, side by side in one run.
 
     python -m bucketserve_bench.cluster_bench --num-requests 24 --rates auto
+    python -m bucketserve_bench.cluster_bench --quick    # routers only, 24 requests, 2 rates: a short run
 
 Systems, each a fresh local Ray cluster driven through its OpenAI ingress with the same
 workload (mixed lengths from both Azure traces) and the same rates:
-- bucket-2x1: 2 replicas x 1 torch thread, bucket-aware routing (a length range per replica)
+- bucket-2x1: 2 replicas x 1 torch thread, bucket-aware routing (a length range per replica:
+  the core's padding-optimal ranges, hand-over by queued work)
+- bucket-tokens-2x1 (not run by default): the same with ranges of equal prompt-token share
 - pow2-2x1:   2 replicas x 1 thread, Ray's power-of-two-choices router (the baseline)
 - single-1x2: 1 replica x 2 threads (what the two replicas' cores give one server)
 Prints the rate each holds at 80% SLO attainment and the saturated throughput, and the two
@@ -26,7 +29,13 @@ from .bench import SloConfig, SweepConfig, run_all
 from .clients import OpenAICompletionsClient
 from .workload import PromptBuilder, add_workload_args, build_workload, load_tokenizer, summarize, workload_spec
 
-SHAPES = {"bucket-2x1": ("bucket", 2, 1), "pow2-2x1": ("pow2", 2, 1), "single-1x2": ("pow2", 1, 2)}
+# name -> (router, replicas, threads, range split)
+SHAPES = {"bucket-2x1": ("bucket", 2, 1, "padding"), "pow2-2x1": ("pow2", 2, 1, "padding"),
+          "single-1x2": ("pow2", 1, 2, "padding"), "bucket-tokens-2x1": ("bucket", 2, 1, "tokens")}
+DEFAULT_SYSTEMS = "bucket-2x1,pow2-2x1,single-1x2"
+# --quick: the two routers side by side on a short workload (each value only where the flag was left at its default)
+QUICK = {"systems": "bucket-2x1,pow2-2x1", "num_requests": 24, "rates": "0.6,1.2", "ttft_scale": 3.0, "tpot_scale": 3.0,
+         "drain": 30.0}
 
 
 @dataclass
@@ -38,7 +47,8 @@ class ClusterSystem:
     model: str
     params: dict = field(default_factory=dict)
     max_len: int = 2048
-    imbalance: float = 4
+    imbalance: float = 1
+    split: str = "padding"
     handle: object = None
 
     @property
@@ -50,7 +60,7 @@ class ClusterSystem:
         from bucket_scheduler.serving.launcher import free_port
 
         settings = ClusterSettings(replicas=self.replicas, router=self.router, models=[self.model], threads=self.threads,
-                                   params={self.model: dict(self.params)}, max_len=self.max_len, imbalance=self.imbalance,
+                                   params={self.model: dict(self.params)}, max_len=self.max_len, imbalance=self.imbalance, split=self.split,
                                    replica_cpus=round(1.8 / self.replicas, 2))
         self.handle = start_local(settings, port=free_port(), num_cpus=2, log=log)
 
@@ -65,7 +75,8 @@ class ClusterSystem:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bucketserve-bench-cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default=",".join(SHAPES))
+    p.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"any of {', '.join(SHAPES)}")
+    p.add_argument("--quick", action="store_true", help="short run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--model", default="bucketserve")
     p.add_argument("--model-dir", default=None, help="'tiny', 'smollm2' or a local model directory (default: the model's own)")
     add_workload_args(p, online_fraction=1.0)
@@ -74,10 +85,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ttft-scale", type=float, default=5.0)
     p.add_argument("--tpot-scale", type=float, default=5.0)
     p.add_argument("--drain", type=float, default=60.0)
-    p.add_argument("--imbalance", type=float, default=4, help="bucket router: work lead (typical requests) before hand-over")
+    p.add_argument("--imbalance", type=float, default=1, help="bucket router: queued-work lead (typical prompts) before hand-over")
     p.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="bench-results/cluster")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
+    return args
 
 
 def main(argv=None) -> int:
@@ -97,8 +113,9 @@ def main(argv=None) -> int:
         params.setdefault("model_dir", str(model_dir))
     systems = []
     for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
-        router, replicas, threads = SHAPES[name]
-        systems.append((ClusterSystem(name, router, replicas, threads, args.model, params, imbalance=args.imbalance), "bucketserve"))
+        router, replicas, threads, split = SHAPES[name]
+        systems.append((ClusterSystem(name, router, replicas, threads, args.model, params, imbalance=args.imbalance, split=split),
+                        "bucketserve"))
     rates = [] if args.rates == "auto" else [float(x) for x in args.rates.split(",")]
     cfg = SweepConfig(rates=rates, offline=True, seed=args.seed, drain_s=args.drain, warmup_requests=2,
                       auto_rate_factors=[float(x) for x in args.rate_factors.split(",")], prompts=prompts)
@@ -124,6 +141,9 @@ def goal_ratios(head: dict) -> dict:
     out = {}
     b, p = get("bucket-2x1", "rate_at_slo"), get("pow2-2x1", "rate_at_slo")
     out["bucket_over_pow2_rate_at_80"] = b / p if b and p else None
+    bt = get("bucket-tokens-2x1", "rate_at_slo")
+    if bt:
+        out["bucket_tokens_over_pow2_rate_at_80"] = bt / p if p else None
     t2, t1 = get("pow2-2x1", "offline_total_tokens_per_s"), get("single-1x2", "offline_total_tokens_per_s")
     out["two_by_one_over_one_by_two_throughput"] = t2 / t1 if t2 and t1 else None
     tb = get("bucket-2x1", "offline_total_tokens_per_s")

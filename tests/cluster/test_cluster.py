@@ -89,6 +89,26 @@ def _range_of(status: dict) -> dict[str, tuple[int, int]]:
     return {r["id"]: tuple(r["range"]) for r in status["replicas"]}
 
 
+def test_before_the_replicas_are_ready_the_ingress_answers_503(cluster):
+    """While the replicas' tritonservers start, a request gets one 503 in OpenAI's error shape
+    with Retry-After (not a wait, not a 200 once they are up) and /health is 503."""
+    answers = cluster.starting_answers
+    seen = [(a["path"], a["status"]) for a in answers]
+
+    def starting(a):
+        err = (a["body"] or {}).get("error") if isinstance(a["body"], dict) else None
+        return a["status"] == 503 and err is not None and "starting" in err["message"]
+
+    refused = [a for a in answers if a["path"] == "/v1/completions" and starting(a)]
+    assert refused, f"no request reached the ingress while the replicas started: {seen}"
+    for a in refused:
+        assert a["body"]["error"]["type"] == "service_unavailable" and int(a["headers"].get("retry-after", 0)) >= 1, a
+    assert any(a["path"] == "/health" and a["status"] == 503 for a in answers), seen
+    # nothing was answered before the cluster was ready: every 200 comes after the last refusal
+    last_refused = max(a["t"] for a in refused)
+    assert all(a["t"] > last_refused for a in answers if a["status"] == 200), seen
+
+
 def test_status_lists_both_replicas_with_ranges(cluster):
     status = _get(cluster, "/v1/cluster/status")
     assert status["ready"] is True and status["router"] == "bucket"

@@ -11,6 +11,8 @@ def test_settings_refuse_an_unknown_router_and_no_replicas():
         ClusterSettings(router="random")
     with pytest.raises(ValueError, match="replicas"):
         ClusterSettings(replicas=0)
+    with pytest.raises(ValueError, match="split"):
+        ClusterSettings(split="even")
 
 
 def test_every_model_gets_the_thread_count_and_params_win():
@@ -31,3 +33,6 @@ def test_cluster_command_starts_the_local_cluster_with_its_flags(monkeypatch):
     s = seen["settings"]
     assert (s.replicas, s.router, s.models, seen["host"], seen["port"]) == (3, "pow2", ["bucketserve_tiny"], "127.0.0.1", 9000)
     assert s.overrides()["bucketserve_tiny"]["policy"] == "bucket"
+    assert (s.split, s.imbalance) == ("padding", 1.0)
+    assert cli.main(["cluster", "--ranges", "tokens", "--imbalance", "2.5"]) == 0
+    assert (seen["settings"].split, seen["settings"].imbalance) == ("tokens", 2.5)

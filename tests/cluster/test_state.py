@@ -1,6 +1,7 @@
 """What the ingress and the router share: slots, in-flight counts, the status body (pure Python)."""
 
 from bucket_scheduler.cluster.ranges import RangeConfig
+from bucket_scheduler.cluster.routing import ReplicaLoad
 from bucket_scheduler.cluster.state import ClusterState
 
 
@@ -22,10 +23,10 @@ def test_in_flight_counts_follow_routed_and_finished_requests():
     s.routed("t1", "a")
     s.routed("t2", "a")
     s.routed("t3", "b")
-    assert dict(s.in_flight) == {"a": 2, "b": 1} and s.loads()["a"] == 2 * s.loads()["b"]
+    assert dict(s.in_flight) == {"a": 2, "b": 1}
     s.finished("t1", "a")
     s.finished("t3", None)  # failed before answering: no longer in flight, not served
-    assert dict(s.in_flight) == {"a": 1} and s.loads()["b"] == 0
+    assert dict(s.in_flight) == {"a": 1} and s.loads()["b"] == ReplicaLoad()
     status = {r["id"]: r for r in s.status()["replicas"]}
     assert status["a"]["requests"] == 1 and status["b"]["requests"] == 0
 
@@ -37,13 +38,19 @@ def test_pow2_status_gives_every_replica_the_whole_range():
     assert not ClusterState(2, "bucket").ever_all_ready
 
 
-def test_in_flight_work_weighs_long_prompts_more():
+def test_queued_work_is_prompt_tokens_until_the_first_token_then_a_decode_row():
     s = ClusterState(2, "bucket")
     s.set_replicas(["a", "b"])
     s.routed("t1", "a", 1000)
     s.routed("t2", "b", 10)
     s.routed("t3", "b", 10)
-    loads = s.loads()
-    assert loads["a"] > loads["b"] > 0
+    assert s.loads() == {"a": ReplicaLoad(1000, 0), "b": ReplicaLoad(20, 0)}
+    s.started("t1")  # its first token came back: prefill done
+    s.started("t1")  # (once only)
+    assert s.loads()["a"] == ReplicaLoad(0, 1)
     s.finished("t1", "a")
-    assert s.loads()["a"] == 0
+    s.finished("t2", None)  # failed before starting: its prompt tokens leave the queue
+    assert s.loads() == {"a": ReplicaLoad(), "b": ReplicaLoad(10, 0)}
+    s.started("t3")
+    s.finished("t3", "b")
+    assert s.loads()["b"] == ReplicaLoad() and not s.in_flight

@@ -36,13 +36,16 @@ class ClusterSettings:
     max_num_seqs: int = 32  # the engine's; a replica accepts twice as many requests at once
     max_len: int = 2048  # prompt lengths the ranges span (estimated tokens)
     min_observations: int = 16  # lengths seen before the ranges follow them (even ranges until then)
-    imbalance: float = 4  # in-flight work lead (in typical requests) past which a range's replica hands over
+    imbalance: float = 1  # queued-work lead (in typical prompts' tokens) past which a range's replica hands over
+    split: str = "padding"  # ranges: "padding" (the core's dp cut) or "tokens" (equal prompt-token share per replica)
     exit_timeout_s: int = 10
     health_check_period_s: float = 2.0
 
     def __post_init__(self):
         if self.router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
+        if self.split not in ("padding", "tokens"):
+            raise ValueError(f"split must be 'padding' or 'tokens', got {self.split!r}")
         if self.replicas < 1:
             raise ValueError("replicas must be >= 1")
         if isinstance(self.models, str):
@@ -68,7 +71,7 @@ def build_app(args: dict | None = None):
     router = RequestRouterConfig(
         request_router_class=BUCKET_ROUTER if s.router == "bucket" else POW2_ROUTER,
         request_router_kwargs={"state_key": APP_NAME, "replicas": s.replicas, "router": s.router, "imbalance": s.imbalance,
-                               "max_len": s.max_len, "min_observations": s.min_observations},
+                               "max_len": s.max_len, "min_observations": s.min_observations, "split": s.split},
         request_routing_stats_period_s=1.0,
     )
     replica_config = ReplicaConfig(models=list(s.models), overrides=s.overrides(), model_repository=s.model_repository,
@@ -84,7 +87,7 @@ def build_app(args: dict | None = None):
         ClusterIngress, name="ClusterIngress", num_replicas=1, ray_actor_options={"num_cpus": s.ingress_cpus},
         max_ongoing_requests=4096,
     ).bind(replicas, {"replicas": s.replicas, "router": s.router, "models": list(s.models), "max_len": s.max_len,
-                      "min_observations": s.min_observations, "state_key": APP_NAME})
+                      "min_observations": s.min_observations, "split": s.split, "state_key": APP_NAME})
     return ingress
 
 

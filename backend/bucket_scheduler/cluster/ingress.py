@@ -40,6 +40,7 @@ class IngressConfig:
     models: list[str] = field(default_factory=list)
     max_len: int = 2048
     min_observations: int = 16
+    split: str = "padding"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     state_key: str = "bucketserve"
 
@@ -55,7 +56,8 @@ class ClusterIngress:
         self.config = IngressConfig(**config)
         self.handle = replicas.options(method_name="generate", stream=True)
         self.state = shared_state(self.config.state_key, self.config.replicas, self.config.router,
-                                  RangeConfig(max_len=self.config.max_len, min_observations=self.config.min_observations))
+                                  RangeConfig(max_len=self.config.max_len, min_observations=self.config.min_observations,
+                                              split=self.config.split))
         self._checked = 0.0
 
     # --- readiness ------------------------------------------------------------
@@ -149,6 +151,7 @@ class ClusterIngress:
                 raise unavailable(f"replica {rid} failed before answering: {type(exc).__name__}") from None
             self.state.finished(token, rid)
             return Response(data, status_code=first["status"], media_type=first["content_type"], headers=headers)
+        self.state.started(token)  # a stream's headers come with its first token: its prefill is done
         return StreamingResponse(self._relay(gen, token, rid), status_code=first["status"], media_type=first["content_type"],
                                  headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -1,9 +1,9 @@
 """Ray Serve request routers for the Triton replicas.
 
 - BucketRouter: each replica holds a slot, each slot a prompt-length range (ranges.py, the
-  core's boundary logic). A request goes to its range's replica unless that replica holds more
-  in-flight work than the least loaded one by `imbalance` typical requests (work: estimated
-  prompt tokens + a fixed decode share, state.py); then the least loaded first.
+  core's boundary logic). A request goes to its range's replica unless that replica's queued
+  work (prompt tokens still to prefill + generating rows, state.py) exceeds the least loaded
+  one's by `imbalance` typical prompts; then the least loaded first (routing.rank_replicas).
 - Pow2Router: Ray's own power-of-two-choices router (the baseline), unchanged but for the two
   things both routers do: skip the replica a retried request failed on, and tell the shared
   state (state.py) where each request went.
@@ -20,6 +20,7 @@ from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequ
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
 
 from .ranges import RangeConfig
+from .routing import ReplicaLoad, RoutePolicy, rank_replicas
 from .state import ClusterState, shared_state
 
 BUCKET_ROUTER = "bucket_scheduler.cluster.router:BucketRouter"
@@ -41,8 +42,10 @@ class _Shared:
     state: ClusterState
 
     def initialize_state(self, state_key: str = "bucketserve", replicas: int = 1, router: str = "bucket",
-                         imbalance: float = 4, max_len: int = 2048, min_observations: int = 16, **_ignored):
-        self.state = shared_state(state_key, replicas, router, RangeConfig(max_len=max_len, min_observations=min_observations))
+                         imbalance: float = 1, max_len: int = 2048, min_observations: int = 16, split: str = "padding",
+                         **_ignored):
+        self.state = shared_state(state_key, replicas, router,
+                                  RangeConfig(max_len=max_len, min_observations=min_observations, split=split))
         self.imbalance = imbalance
 
     def update_replicas(self, replicas: List[RunningReplica]):
@@ -67,17 +70,14 @@ class BucketRouter(_Shared, RequestRouter):
         if pending_request is None or len(candidates) == 1:
             return [candidates]
         slot = self.state.ranges.group_of(int(_kwargs(pending_request).get("length") or 0))
+        by_id = {_rid(r): r for r in candidates}
         slots = self.state.slots
         loads = self.state.loads()
-        by_load = sorted(candidates, key=lambda r: (loads.get(_rid(r), 0), slots.get(_rid(r), 1 << 30)))
-        own = [r for r in candidates if slots.get(_rid(r)) == slot]
-        if not own:  # its replica is being replaced: the least loaded serves meanwhile
-            return [by_load]
-        target = own[0]
-        least = loads.get(_rid(by_load[0]), 0)
-        if loads.get(_rid(target), 0) - least > self.imbalance * self.state.typical_work():
-            return [by_load]
-        return [[target], [r for r in by_load if r is not target]]
+        live = {rid: loads.get(rid, ReplicaLoad()) for rid in by_id}
+        own = next((rid for rid in live if slots.get(rid) == slot), None)
+        margin = self.imbalance * max(self.state.typical_length(), 1.0)
+        ranks = rank_replicas(own, live, RoutePolicy(margin=margin), order=slots)
+        return [[by_id[rid] for rid in rank] for rank in ranks]
 
 
 class Pow2Router(_Shared, PowerOfTwoChoicesRequestRouter):

@@ -13,10 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .ranges import LengthRanges, RangeConfig
-
-# A request's work for load balancing: its prompt's estimated tokens plus this much for its
-# decode steps (what every request costs whatever its length).
-REQUEST_BASE_WORK = 32
+from .routing import ReplicaLoad
 
 
 @dataclass
@@ -30,9 +27,10 @@ class ClusterState:
         self._lock = threading.Lock()
         self.slots: dict[str, int] = {}  # replica id -> range index
         self.in_flight: Counter[str] = Counter()
-        self.work: Counter[str] = Counter()  # in-flight work per replica (estimated tokens)
+        self.prefill: Counter[str] = Counter()  # prompt tokens routed, first token not back yet
+        self.decoding: Counter[str] = Counter()  # requests past their first token
         self.served: Counter[str] = Counter()
-        self._where: dict[str, tuple[str, int]] = {}  # request token -> (replica id, its work)
+        self._where: dict[str, list] = {}  # request token -> [replica id, prompt tokens, started]
         self.ever_all_ready = False
 
     # --- router side ----------------------------------------------------------
@@ -50,32 +48,47 @@ class ClusterState:
                 self.ever_all_ready = True
 
     def routed(self, token: str | None, rid: str, length: int = 0) -> None:
-        work = max(0, int(length)) + REQUEST_BASE_WORK
+        length = max(0, int(length))
         with self._lock:
             self.in_flight[rid] += 1
-            self.work[rid] += work
+            self.prefill[rid] += length
             if token:
-                self._where[token] = (rid, work)
+                self._where[token] = [rid, length, False]
 
-    def loads(self) -> dict[str, int]:
-        """In-flight work per live replica: a long prompt weighs more than a short one."""
+    def loads(self) -> dict[str, ReplicaLoad]:
+        """Queued work per live replica: prompt tokens still to prefill, rows generating."""
         with self._lock:
-            return {rid: self.work[rid] for rid in self.slots}
+            return {rid: ReplicaLoad(self.prefill[rid], self.decoding[rid]) for rid in self.slots}
 
-    def typical_work(self) -> float:
-        return self.ranges.mean() + REQUEST_BASE_WORK
+    def typical_length(self) -> float:
+        return self.ranges.mean()
 
     # --- ingress side ---------------------------------------------------------
 
+    def started(self, token: str) -> None:
+        """The request's first token came back: its prefill is done, it is a decode row now."""
+        with self._lock:
+            where = self._where.get(token)
+            if where is None or where[2]:
+                return
+            rid, length, _ = where
+            where[2] = True
+            self.prefill[rid] = max(0, self.prefill[rid] - length)
+            self.decoding[rid] += 1
+
     def finished(self, token: str, answered_by: str | None) -> None:
         with self._lock:
-            rid, work = self._where.pop(token, (None, 0))
+            rid, length, started = self._where.pop(token, (None, 0, False))
             if rid is not None and self.in_flight[rid] > 0:
                 self.in_flight[rid] -= 1
-                self.work[rid] = max(0, self.work[rid] - work)
+                if started:
+                    self.decoding[rid] = max(0, self.decoding[rid] - 1)
+                else:
+                    self.prefill[rid] = max(0, self.prefill[rid] - length)
                 if self.in_flight[rid] == 0:
                     del self.in_flight[rid]
-                    self.work.pop(rid, None)
+                    self.prefill.pop(rid, None)
+                    self.decoding.pop(rid, None)
             if answered_by:
                 self.served[answered_by] += 1
 

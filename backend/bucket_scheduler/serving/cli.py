@@ -109,7 +109,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         params[model] = values
     settings = ClusterSettings(replicas=args.replicas, router=args.router, models=models, threads=args.threads,
                                params=params, model_repository=args.model_repository, replica_cpus=args.replica_cpus,
-                               max_num_seqs=args.max_num_seqs or 32)
+                               max_num_seqs=args.max_num_seqs or 32, split=args.ranges, imbalance=args.imbalance)
     return run_local(settings, args.host, args.openai_port, log=_log)
 
 
@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--openai-port", type=int, default=9000)
     c.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     c.add_argument("--replica-cpus", type=float, default=0.5, help="CPUs Ray reserves per replica (fractional)")
+    c.add_argument("--ranges", choices=("padding", "tokens"), default="padding",
+                   help="bucket router: the core's padding-optimal ranges, or ranges of equal prompt-token share (tokens)")
+    c.add_argument("--imbalance", type=float, default=1.0,
+                   help="bucket router: queued-work lead (typical prompts) past which a range's replica hands over")
     for flag in SETTING_FLAGS:
         if flag not in ("threads",):
             c.add_argument(f"--{flag.replace('_', '-')}", type=int if flag in ("max_model_len", "default_max_tokens",
