@@ -13,8 +13,8 @@
 4. Simulate each validation run on one simulated GPU stepping the same policy with the
    engine's options and step semantics (core/sim ColocatedInstance, step_mode "engine":
    the scheduler's own per-step prefill budget and chunking, the engine's passes: one a
-   step where the engine ran one), and
-   compare predicted with measured throughput and rate at 80% SLO attainment.
+   step where the engine ran one), and compare predicted with measured throughput and
+   rate at 80% SLO attainment.
 """
 
 from __future__ import annotations
