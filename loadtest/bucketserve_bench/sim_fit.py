@@ -20,15 +20,25 @@ let a few multi-second prefill steps absorb the decode terms.  With too few step
 chunks (or whole prefills) to tell the two apart, chunks share the prefill coefficients.
 Coefficients are kept non-negative (an active-set loop: a negative one is fixed at 0 and the
 rest refitted), so the model never predicts faster steps for more work.
+
+Where the engine runs a step as ONE forward pass (chunked prefill with the mixed step: its
+chunks, a whole prompt being one with prefix 0, and the decode of the rows already in the
+batch), the step is a one-pass sample and is modelled as CostModel.mixed_step_ms:
+
+    T = a + t * tokens + r * output rows + ca * sum(n * (p + n)) + da * bs*(ctx_max + 1)
+
+fitted in one stage (one constant a step, so no term can absorb another pass's constant) on
+the one-pass steps alone; the three-pass coefficients come from the other steps, so one fit
+serves a mix of policies (static and uellm do not chunk and keep three passes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bucket_scheduler.core.clock import CostModel
+from bucket_scheduler.core.clock import CostModel, mixed_features
 from bucket_scheduler.core.prefill import prefill_groups
 
 MIN_STEPS_PER_KIND = 6  # steps with chunks and steps with whole prefills, to fit chunks apart
@@ -41,12 +51,13 @@ class StepSample:
     seconds: float  # wall time
     cpu_seconds: float | None = None  # CPU time of the engine thread (one torch thread: the step's own work)
     chunks: tuple[tuple[int, int], ...] = ()  # (cached prefix, tokens) of every chunk forward
+    mixed: bool = False  # one pass (runner.step): chunks, whole prompts among them, and decode_lens' rows
 
     def on(self, clock: str) -> "StepSample":
         """This sample timed by `clock` ("wall" or "cpu")."""
         if clock == "wall":
             return self
-        return StepSample(self.prefill_lens, self.decode_lens, self.cpu_seconds, self.cpu_seconds, self.chunks)
+        return replace(self, seconds=self.cpu_seconds)
 
     @property
     def groups(self) -> list[tuple[int, ...]]:
@@ -100,7 +111,28 @@ def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def fit_cost_model(samples: list[StepSample]) -> CostModel:
-    """Milliseconds, like DistServe's coefficients."""
+    """Milliseconds, like DistServe's coefficients.  The three-pass terms from the three-pass
+    steps, the one-pass terms from the one-pass steps; a kind with no steps keeps its defaults
+    (it is never priced: no replay of these runs takes that path)."""
+    one = [s for s in samples if s.mixed]
+    three = [s for s in samples if not s.mixed]
+    cost = fit_three_pass(three) if three or not one else CostModel(padded=True)
+    if one:
+        cost = replace(cost, mixed=fit_one_pass(one))
+    return cost
+
+
+def fit_one_pass(samples: list[StepSample]) -> tuple[float, float, float, float, float]:
+    with_chunks = sum(bool(s.chunks) for s in samples)
+    with_rows = sum(bool(s.decode_lens) for s in samples)
+    if not with_chunks or not with_rows:
+        raise ValueError(f"need one-pass steps with chunks and with decode rows to fit, got {with_chunks} and {with_rows}")
+    x = np.array([mixed_features(s.chunks, s.decode_lens) for s in samples], dtype=float)
+    a, t, r, ca, da = (float(v) for v in _fit(x, np.array([s.seconds * 1000.0 for s in samples])))
+    return (a, t, r, ca, da)
+
+
+def fit_three_pass(samples: list[StepSample]) -> CostModel:
     decode_only = [s for s in samples if s.decode_lens and not s.prefills]
     prefills = [s for s in samples if s.prefills]
     if not decode_only or not prefills:  # fewer than three of either: least squares takes the least-norm fit
@@ -123,6 +155,8 @@ def fit_cost_model(samples: list[StepSample]) -> CostModel:
 
 
 def predict_ms(cost: CostModel, s: StepSample) -> float:
+    if s.mixed:
+        return cost.mixed_step_ms(s.chunks, s.decode_lens)
     return cost.engine_step_ms(s.groups, s.chunks, s.decode_lens)
 
 

@@ -5,13 +5,16 @@
 2. Run our engine in process (the served model, SmolLM2 by default, its served dtype) on
    each set, once per policy, every request queued at t=0 (saturated), recording every
    engine step: whole prompts prefilled, prompt chunks (cached prefix, tokens), KV lengths
-   decoded, wall time.  With --rates, the validation set is also sent at Poisson times
+   decoded, wall time; a one-pass step (runner.step: chunked prefill with the mixed step)
+   as its chunks, a whole prompt being one with prefix 0, and the KV lengths of the rows
+   already in the batch.  With --rates, the validation set is also sent at Poisson times
    (the serving benchmark's arrival pattern).
 3. Fit the cost model (sim_fit.py) on the fit set's steps, all policies together.
 4. Simulate each validation run on one simulated GPU stepping the same policy with the
    engine's options and step semantics (core/sim ColocatedInstance, step_mode "engine":
-   the scheduler's own per-step prefill budget and chunking, the engine's passes), and
-   compare predicted with measured throughput and rate at 80% SLO attainment.
+   the scheduler's own per-step prefill budget and chunking, the engine's passes: one a
+   step where the engine ran one), and compare predicted with measured throughput and
+   rate at 80% SLO attainment.
 """
 
 from __future__ import annotations
@@ -81,11 +84,13 @@ class EngineRun:
                            max_model_len=args.max_model_len, max_queue_requests=4096)
         self.engine = Engine(cfg).start()
         self.options = cfg.policy_options()
+        self.one_pass = self.engine._mixed  # the engine's own decision: one forward pass a step
         self.policy = policy
         self.samples: list[StepSample] = []
         self._cur: dict = {}
         eng, runner = self.engine, self.engine.runner
         step, prefill, prefill_chunk, decode = eng._step, runner.prefill, runner.prefill_chunk, runner.decode
+        one_pass = runner.step
 
         def timed_step():
             self._cur = {}
@@ -94,7 +99,7 @@ class EngineRun:
             dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
             if self._cur:
                 self.samples.append(StepSample(tuple(self._cur.get("pre", ())), tuple(self._cur.get("dec", ())), dt, cpu,
-                                               tuple(self._cur.get("chunks", ()))))
+                                               tuple(self._cur.get("chunks", ())), self._cur.get("mixed", False)))
 
         def rec_prefill(seqs):
             self._cur["pre"] = [len(s.input_ids) for s in seqs]
@@ -108,7 +113,14 @@ class EngineRun:
             self._cur["dec"] = list(runner.kv.lengths)
             return decode()
 
+        def rec_step(chunks):
+            # before the pass: the rows already in the batch decode in it (their KV lengths)
+            self._cur.update(mixed=True, chunks=[(start, stop - start) for _, start, stop in chunks],
+                             dec=list(runner.kv.lengths) if runner.rows else [])
+            return one_pass(chunks)
+
         eng._step, runner.prefill, runner.prefill_chunk, runner.decode = timed_step, rec_prefill, rec_chunk, rec_decode
+        runner.step = rec_step
 
     def free_bytes(self) -> int:
         return self.engine.planner.probe.free_bytes()
@@ -161,7 +173,7 @@ class EngineRun:
 
 def _save_measured(path: Path, measured: dict, kv, free: int) -> None:
     path.write_text(json.dumps({"kv": asdict(kv), "free_bytes": free, "policies": {
-        p: {"options": m["options"], "fit": [asdict(r) for r in m["fit"]], "val": [asdict(r) for r in m["val"]],
+        p: {"options": m["options"], "one_pass": m["one_pass"], "fit": [asdict(r) for r in m["fit"]], "val": [asdict(r) for r in m["val"]],
             "fit_steps": [asdict(x) for x in m["fit_steps"]], "val_steps": [asdict(x) for x in m["val_steps"]],
             "rates": {str(k): [asdict(r) for r in v] for k, v in m["rates"].items()}}
         for p, m in measured.items()}}))
@@ -179,22 +191,25 @@ def load_measured(path: Path):
 
     def steps(rows):
         return [StepSample(tuple(x["prefill_lens"]), tuple(x["decode_lens"]), x["seconds"], x.get("cpu_seconds"),
-                           tuple(tuple(c) for c in x.get("chunks", ()))) for x in rows]  # no chunks: measured before chunking
+                           tuple(tuple(c) for c in x.get("chunks", ())), x.get("mixed", False))
+                for x in rows]  # no chunks: measured before chunking; no "mixed": before the one-pass step
 
     measured = {p: {"options": m["options"], "fit": [RequestResult(**r) for r in m["fit"]], "val": [RequestResult(**r) for r in m["val"]],
                     "fit_steps": steps(m["fit_steps"]), "val_steps": steps(m["val_steps"]),
                     "rates": {float(k): [RequestResult(**r) for r in v] for k, v in m["rates"].items()}}
                 for p, m in raw["policies"].items()}
+    for p, m in measured.items():  # saved before the flag: its steps tell
+        m["one_pass"] = raw["policies"][p].get("one_pass", any(x.mixed for x in m["fit_steps"] + m["val_steps"]))
     return measured, KVSpec(**raw["kv"]), raw["free_bytes"]
 
 
 def simulate_run(policy: str, options: dict, cost: CostModel, results: list[RequestResult], kv, free_bytes: int,
-                 args) -> list[RequestResult]:
+                 args, one_pass: bool = False) -> list[RequestResult]:
     """The same requests (the prompt lengths the engine counted, the times they were
-    submitted) on one simulated CPU 'GPU'."""
+    submitted) on one simulated CPU 'GPU'; `one_pass`: the engine ran its one-pass step."""
     planner = MemoryPlanner(kv, FixedProbe(free_bytes), memory_fraction=0.9)
     sched = make_scheduler(policy, planner, args.max_model_len, 32, **options)
-    inst = ColocatedInstance("cpu", sched, cost, step_mode="engine")
+    inst = ColocatedInstance("cpu", sched, cost, step_mode="engine", mixed_step=one_pass)
     specs = [SimRequestSpec(i, "bench", r.send_time, r.server_prompt_tokens or r.prompt_tokens,
                             r.expected_output_tokens,
                             None if r.slo_ttft_ms is None else r.slo_ttft_ms / 1000,
@@ -258,7 +273,7 @@ def measure(args, out: Path, log):
                 log(f"[cpu] {policy}: rate {rate:g} done (load average {_loadavg()})")
         finally:
             er.close()
-        measured[policy] = {"options": er.options, "fit": fit_res, "val": val_res, "fit_steps": fit_steps,
+        measured[policy] = {"options": er.options, "one_pass": er.one_pass, "fit": fit_res, "val": val_res, "fit_steps": fit_steps,
                             "val_steps": val_steps, "rates": rate_runs}
         _save_measured(out / "cpu_measured.json", measured, kv, free)  # kept even if a later policy fails
         s = summarize_run(policy, "offline", None, val_res)
@@ -290,8 +305,9 @@ def analyse(measured: dict, kv, free: int, args, clock: str, log) -> dict:
           taking the cores), measured throughput = tokens / summed step CPU time."""
     fit_samples = [x.on(clock) for m in measured.values() for x in m["fit_steps"]]
     cost = fit_cost_model(fit_samples)
-    log(f"[cpu] {clock} clock: fitted cost model (ms): prefill {cost.prefill}, chunk {cost.chunk or 'as prefill'}, "
-        f"decode {cost.decode_small}")
+    kinds = {"three_pass": sum(not x.mixed for x in fit_samples), "one_pass": sum(x.mixed for x in fit_samples)}
+    log(f"[cpu] {clock} clock: fitted cost model (ms) on {kinds} steps: prefill {cost.prefill}, "
+        f"chunk {cost.chunk or 'as prefill'}, decode {cost.decode_small}, one pass {cost.mixed}")
     rows = []
     for policy, m in measured.items():
         row = {"policy": policy,
@@ -302,7 +318,7 @@ def analyse(measured: dict, kv, free: int, args, clock: str, log) -> dict:
             if clock == "cpu":  # replay as if every request came at once: the CPU clock has no arrival gaps
                 res = [replace(r, send_time=0.0) for r in res]
             meas = summarize_run(policy, "offline", None, m[label])
-            pred = summarize_run(policy, "offline", None, simulate_run(policy, m["options"], cost, res, kv, free, args))
+            pred = summarize_run(policy, "offline", None, simulate_run(policy, m["options"], cost, res, kv, free, args, m["one_pass"]))
             meas_tok_s = meas.output_tokens_per_s if clock == "wall" else _busy_tok_s(m[label], m[f"{label}_steps"])
             row[label] = {"measured_tok_s": round(meas_tok_s, 2), "predicted_tok_s": round(pred.output_tokens_per_s, 2),
                           "error": round(pred.output_tokens_per_s / meas_tok_s - 1, 4) if meas_tok_s else None}
@@ -310,13 +326,13 @@ def analyse(measured: dict, kv, free: int, args, clock: str, log) -> dict:
             pts_m, pts_p = [], []
             for rate, res in m["rates"].items():
                 pts_m.append((rate, summarize_run(policy, "rate", rate, res).slo_attainment))
-                sim_res = simulate_run(policy, m["options"], cost, res, kv, free, args)
+                sim_res = simulate_run(policy, m["options"], cost, res, kv, free, args, m["one_pass"])
                 pts_p.append((rate, summarize_run(policy, "rate", rate, sim_res).slo_attainment))
             cm, cp = rate_at_attainment(pts_m), rate_at_attainment(pts_p)
             row["slo"] = {"measured": pts_m, "predicted": pts_p, "measured_rate_at_80": asdict(cm), "predicted_rate_at_80": asdict(cp),
                           "error": round(cp.rate / cm.rate - 1, 4) if cm.rate and cp.rate else None}
         rows.append(row)
-    return {"cost_model_ms": asdict(cost), "fit_steps": len(fit_samples), "rows": rows}
+    return {"cost_model_ms": asdict(cost), "fit_steps": len(fit_samples), "fit_steps_by_kind": kinds, "rows": rows}
 
 
 def markdown(report: dict) -> str:
@@ -326,9 +342,15 @@ def markdown(report: dict) -> str:
 def markdown_clock(clock: str, report: dict) -> str:
     c = report["cost_model_ms"]
     fmt = lambda v: "as prefill" if v is None else f"({v[0]:.3g}, {v[1]:.3g}, {v[2]:.3g})"  # noqa: E731
-    lines = [f"**{clock} clock.** Fitted on {report['fit_steps']} engine steps (fit sets): prefill (a, b, c) = "
-             f"{fmt(c['prefill'])}, chunk (a, b, c) = {fmt(c.get('chunk'))}, decode (a, b, c) = "
-             f"{fmt(c['decode_small'])} ms.", "",
+    kinds = report.get("fit_steps_by_kind") or {"three_pass": report["fit_steps"], "one_pass": 0}
+    parts = []
+    if kinds["three_pass"]:
+        parts.append(f"{kinds['three_pass']} three-pass steps: prefill (a, b, c) = {fmt(c['prefill'])}, chunk (a, b, c) = "
+                     f"{fmt(c.get('chunk'))}, decode (a, b, c) = {fmt(c['decode_small'])} ms")
+    if kinds["one_pass"]:
+        parts.append(f"{kinds['one_pass']} one-pass steps: (a, per token, per output row, chunk attention, decode "
+                     f"attention) = ({', '.join(f'{v:.3g}' for v in c['mixed'])}) ms")
+    lines = [f"**{clock} clock.** Fitted on the fit sets' engine steps: {'; '.join(parts)}.", "",
              "| policy | fit set: measured / predicted tok/s | error | validation set: measured / predicted tok/s | error | step time ratio (val) | rate at 80% SLO measured / predicted | error |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:

@@ -118,7 +118,7 @@ def test_engine_step_first_token_comes_after_prefill_before_the_decode():
 
 # Distinct terms per pass kind, so each expected time below names the passes it is made of.
 ENGINE_COST = CostModel(prefill=(10.0, 0.1, 1e-4), chunk=(5.0, 0.2, 1e-3), decode_small=(3.0, 0.01, 0.5),
-                        decode_switch_bs=1 << 30, padded=True)
+                        decode_switch_bs=1 << 30, padded=True, mixed=(8.0, 0.3, 0.7, 2e-3, 0.02))
 
 
 def engine_gpu(policy, options, **kw):
@@ -179,6 +179,62 @@ def test_engine_step_cost_pays_each_forward_once_and_a_chunk_grows_with_its_pref
     assert c.chunk_ms(500, 100) - c.chunk_ms(0, 100) == pytest.approx(1e-3 * 100 * 500)
     shared = CostModel(prefill=(10.0, 0.1, 1e-4))
     assert shared.chunk_ms(0, 64) == pytest.approx(shared.prefill_ms([64]))  # no chunk terms: the prefill's
+
+
+def test_one_pass_replay_runs_chunks_and_decode_in_one_pass_and_joiners_do_not_decode():
+    inst = engine_gpu("continuous", {"max_num_batched_tokens": 256, "chunked_prefill": True}, mixed_step=True)
+    assert inst.one_pass
+    run = simulate(Deployment(colocated=[inst]), [spec(0, 100, 3), spec(1, 600, 2)])
+    a, b = run.records
+    c = ENGINE_COST
+    # step 1: A whole (a chunk with prefix 0) and B's first 156 tokens in one pass, nothing to decode
+    t1 = c.mixed_step_ms([(0, 100), (0, 156)], []) / 1000
+    assert a.first_token_s == pytest.approx(t1)
+    # step 2: B's middle chunk attends 156 cached tokens; A, in the batch since step 1, decodes (KV 100)
+    t2 = t1 + c.mixed_step_ms([(156, 256)], [100]) / 1000
+    # step 3: B's last chunk gives its first token in the same pass as A's third (last) token
+    t3 = t2 + c.mixed_step_ms([(412, 188)], [101]) / 1000
+    assert a.finish_s == pytest.approx(t3) and b.first_token_s == pytest.approx(t3)
+    # step 4: B decodes alone: it did not decode in the pass it joined
+    assert b.finish_s == pytest.approx(t3 + c.mixed_step_ms([], [600]) / 1000)
+    assert inst.steps == 4 and inst.prefill_useful == inst.prefill_computed == 700
+    assert inst.busy_s == pytest.approx(b.finish_s)
+
+
+def test_one_pass_step_cost_has_one_constant_token_and_attention_terms():
+    c = ENGINE_COST
+    assert c.mixed_step_ms([], []) == 0.0
+    # 2 chunks (0, 8) and (20, 4), 3 rows with KV up to 9: 15 tokens, 5 output rows
+    assert c.mixed_step_ms([(0, 8), (20, 4)], [5, 9, 7]) == pytest.approx(
+        8.0 + 0.3 * 15 + 0.7 * 5 + 2e-3 * (8 * 8 + 4 * 24) + 0.02 * 3 * 10)
+    # one pass for the whole step: a chunk added to a decode step adds its tokens, not a constant
+    assert c.mixed_step_ms([(0, 8)], [5]) - c.mixed_step_ms([], [5]) == pytest.approx(0.3 * 8 + 0.7 + 2e-3 * 64)
+    unpadded = CostModel(padded=False, mixed=ENGINE_COST.mixed)
+    assert unpadded.mixed_step_ms([], [5, 9]) == pytest.approx(8.0 + 0.3 * 2 + 0.7 * 2 + 0.02 * 16)
+    with pytest.raises(ValueError, match="mixed coefficients"):
+        CostModel().mixed_step_ms([(0, 8)], [])
+
+
+@pytest.mark.parametrize("policy, options", [
+    ("continuous", {"max_num_batched_tokens": 256, "chunked_prefill": False}),
+    ("static", {"max_batch_size": 3, "max_queue_delay_s": 0.0}),
+])
+def test_one_pass_setting_keeps_the_three_pass_step_where_prompts_are_not_chunked(policy, options):
+    specs = [spec(0, 100, 3), spec(1, 300, 2)]
+    runs = []
+    for mixed in (False, True):
+        inst = engine_gpu(policy, options, mixed_step=mixed)
+        assert not inst.one_pass
+        runs.append([(r.first_token_s, r.finish_s) for r in simulate(Deployment(colocated=[inst]), specs).records])
+    assert runs[0] == runs[1]
+
+
+def test_one_pass_replay_needs_one_pass_coefficients():
+    sched = build_scheduler(SchedulerSpec("continuous", {"max_num_batched_tokens": 256, "chunked_prefill": True}, "padded", 32),
+                            LLAMA2_13B_KV, CLUSTER.gpu.free_kv_bytes, 0.9, 4096)
+    with pytest.raises(ValueError, match="CostModel.mixed"):
+        ColocatedInstance("cpu", sched, CostModel(), step_mode="engine", mixed_step=True)
+    assert not ColocatedInstance("cpu", sched, CostModel(), step_mode="replay", mixed_step=True).one_pass
 
 
 def test_chunked_prefill_spreads_a_long_prompt_and_keeps_decoding():

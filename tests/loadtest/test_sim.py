@@ -116,6 +116,41 @@ def test_cost_model_fit_recovers_known_coefficients_from_steps():
     assert fit_cost_model(few).chunk is None
 
 
+def test_cost_model_fit_recovers_one_pass_coefficients_beside_the_three_pass_ones():
+    """One-pass steps (chunks, whole prompts among them, and the decode of the batch in one
+    forward) fitted apart from three-pass steps in the same sample set: each kind's terms."""
+    import random
+
+    from bucket_scheduler.core.clock import CostModel
+    from bucketserve_bench.sim_fit import StepSample, fit_cost_model, fit_error, predict_ms
+
+    truth = CostModel(prefill=(30.0, 0.5, 2e-4), chunk=(12.0, 0.8, 1e-3), decode_small=(15.0, 0.004, 1.2),
+                      decode_switch_bs=1 << 30, padded=True, mixed=(40.0, 0.3, 1.5, 8e-4, 0.003))
+    rng = random.Random(1)
+    samples = []
+    for i in range(600):
+        one = i % 2 == 0
+        pre = () if one else tuple(rng.randint(4, 512) for _ in range(rng.choice([0, 0, 1, 3])))
+        chunks = tuple((rng.choice([0, 0, rng.randint(1, 400)]), rng.randint(1, 256)) for _ in range(rng.choice([0, 0, 1, 2, 3])))
+        dec = tuple(rng.randint(4, 600) for _ in range(rng.randint(0 if pre or chunks else 1, 32)))
+        s = StepSample(pre, dec, 0.0, chunks=chunks, mixed=one)
+        ms = predict_ms(truth, s)
+        samples.append(StepSample(pre, dec, (ms + rng.uniform(-0.5, 0.5)) / 1000, chunks=chunks, mixed=one))
+    fit = fit_cost_model(samples)
+    for got, want in zip(fit.mixed + fit.prefill + fit.decode_small, truth.mixed + truth.prefill + truth.decode_small):
+        assert got == pytest.approx(want, rel=0.15)
+    assert fit_error(fit, samples)["total_ratio"] == pytest.approx(1.0, abs=0.02)
+    # a one-pass step is priced as one pass, not as the three-pass sum of its parts
+    s = StepSample((), (100, 200), 0.0, chunks=((0, 50),), mixed=True)
+    assert predict_ms(fit, s) == pytest.approx(fit.mixed_step_ms([(0, 50)], [100, 200]))
+    assert predict_ms(fit, s) < fit.engine_step_ms([], [(0, 50)], [100, 200])
+    # one-pass steps alone: the one-pass terms are fitted, the three-pass ones are not needed
+    only = fit_cost_model([x for x in samples if x.mixed])
+    assert only.mixed == pytest.approx(fit.mixed, rel=1e-6)
+    with pytest.raises(ValueError, match="one-pass steps with chunks and with decode rows"):
+        fit_cost_model([x for x in samples if x.mixed and not x.chunks])
+
+
 def test_keep_up_is_one_under_light_load_and_falls_under_overload():
     from bucket_scheduler.core.sim import PaperWorkload
     from bucketserve_bench.sim_sweep import keep_up
@@ -163,11 +198,20 @@ def test_cpu_validation_fits_and_replays_the_tiny_engine(tmp_path):
     measured = json.loads((out / "cpu_measured.json").read_text())["policies"]["continuous"]
     # the replay builds its scheduler with the engine's own options: the same budget and chunking
     assert measured["options"]["max_num_batched_tokens"] == 256 and measured["options"]["chunked_prefill"]
+    # chunking on, the engine's default mixed step: every step is one pass (runner.step), recorded
+    # as its chunks (a whole prompt: prefix 0) and the KV lengths of the rows it decoded
+    assert measured["one_pass"]
     for label in ("fit", "val"):
         steps = measured[f"{label}_steps"]
+        assert steps and all(x["mixed"] and not x["prefill_lens"] for x in steps)
         recorded = sum(sum(x["prefill_lens"]) + sum(n for _, n in x["chunks"]) for x in steps)
         assert recorded == sum(r["server_prompt_tokens"] for r in measured[label])
-    assert any(x["chunks"] for x in measured["fit_steps"] + measured["val_steps"])  # the 256-token budget chunks
+        # a token per decoded row a step, plus each prompt's first from its last chunk: the run's tokens
+        assert sum(len(x["decode_lens"]) for x in steps) + len(measured[label]) == sum(r["output_tokens"] for r in measured[label])
+    assert any(p > 0 for x in measured["fit_steps"] + measured["val_steps"] for p, _ in x["chunks"])  # the budget chunks
+    for clock, a in report["clocks"].items():
+        assert a["fit_steps_by_kind"] == {"three_pass": 0, "one_pass": a["fit_steps"]}
+        assert len(a["cost_model_ms"]["mixed"]) == 5
     again = tmp_path / "again"
     assert sim_validate.main(["--from-measured", str(out / "cpu_measured.json"), "--out", str(again)]) == 0
     redo = json.loads((again / "cpu_validation.json").read_text())
@@ -183,6 +227,8 @@ def test_step_samples_switch_clock_and_busy_throughput_counts_cpu_time():
     assert s.on("wall") is s and s.on("cpu").seconds == 0.2 and s.on("cpu").decode_lens == (20, 30)
     chunked = StepSample((), (20,), 0.5, 0.2, chunks=((0, 256), (256, 40)))
     assert chunked.on("cpu").chunks == ((0, 256), (256, 40)) and chunked.prefills
+    one_pass = StepSample((), (20,), 0.5, 0.2, chunks=((0, 30),), mixed=True)
+    assert one_pass.on("cpu").mixed and one_pass.on("cpu").seconds == 0.2
     results = [RequestResult(0, False, 10, 4, 0.0, output_tokens=4), RequestResult(1, False, 10, 6, 0.0, output_tokens=6)]
     assert _busy_tok_s(results, [s, StepSample((), (1,), 0.3, 0.3)]) == pytest.approx(10 / 0.5)
 
@@ -197,4 +243,5 @@ def test_measurements_saved_before_chunking_load_with_no_chunks(tmp_path):
     measured, kv, _ = load_measured(path)
     (s,) = measured["continuous"]["fit_steps"]
     assert s.chunks == () and s.prefill_lens == (12, 30) and s.on("cpu").seconds == 0.1
+    assert not s.mixed and not measured["continuous"]["one_pass"]  # saved before the one-pass step
     assert kv.num_layers == 30

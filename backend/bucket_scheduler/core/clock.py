@@ -24,6 +24,18 @@ forward passes, each paying its constant term once (each reads the weights once)
 
 `chunk` None: a chunk costs what a prefill of its tokens does (the prefill coefficients).
 
+With chunked prefill and the mixed step on, our engine runs a step as ONE forward pass
+(mixed_step_ms): every prompt chunk of the step (a whole prompt is one chunk, prefix 0) and one
+decode token for every row already in the batch.  The token-wise work (matmuls, norms, MLP)
+runs once over all tokens of the pass and the weights are read once; only attention and the
+output rows (logits) go segment by segment:
+
+    one pass   a + t * tokens + r * rows + ca * sum(n * (p + n)) + da * attended decode slots
+
+tokens = sum of chunk tokens + decode rows; rows = chunks + decode rows (one logit row each);
+each chunk's n queries attend its p cached positions and itself; decode rows attend their KV
+window (padded: bs * (ctx_max + 1), the batch's right-aligned buffer).
+
 Default coefficients: OPT-13B on one A100-80GB (tensor parallel 1), the proxy
 for Llama-2-13B; decode switches coefficient sets at batch size 95.
 """
@@ -42,6 +54,8 @@ class CostModel:
     decode_switch_bs: int = 95
     padded: bool = True
     chunk: tuple[float, float, float] | None = None  # engine: per chunk forward; None: the prefill's
+    # engine's one-pass step: (a, per token, per output row, chunk attention, decode attention)
+    mixed: tuple[float, float, float, float, float] | None = None
 
     def prefill_ms(self, lens: Sequence[int]) -> float:
         if not lens:
@@ -72,8 +86,27 @@ class CostModel:
         return (sum(self.prefill_ms(g) for g in whole_groups) + sum(self.chunk_ms(p, n) for p, n in chunks)
                 + self.decode_ms(decode_ctx_lens))
 
+    def mixed_step_ms(self, chunks: Sequence[tuple[int, int]], decode_ctx_lens: Sequence[int]) -> float:
+        """Our engine's one-pass step: (prefix, n) chunks and one decode token per row (their KV
+        lengths), all in one forward."""
+        if self.mixed is None:
+            raise ValueError("a one-pass engine step needs CostModel.mixed coefficients (fit them to the engine)")
+        return sum(c * x for c, x in zip(self.mixed, mixed_features(chunks, decode_ctx_lens, self.padded)))
+
     def step_s(self, prefill_lens: Sequence[int], decode_ctx_lens: Sequence[int]) -> float:
         return (self.prefill_ms(prefill_lens) + self.decode_ms(decode_ctx_lens)) / 1000.0
+
+
+def mixed_features(chunks: Sequence[tuple[int, int]], decode_ctx_lens: Sequence[int],
+                   padded: bool = True) -> list[float]:
+    """[pass, tokens, output rows, chunk attention n*(p+n), decode attended slots] of one pass
+    (all zero for an empty step)."""
+    bs = len(decode_ctx_lens)
+    if not chunks and not bs:
+        return [0.0] * 5
+    dec_att = (bs * (max(decode_ctx_lens) + 1) if padded else sum(decode_ctx_lens) + bs) if bs else 0
+    return [1.0, float(sum(n for _, n in chunks) + bs), float(len(chunks) + bs),
+            float(sum(n * (p + n) for p, n in chunks)), float(dec_att)]
 
 
 @dataclass

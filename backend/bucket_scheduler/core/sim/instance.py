@@ -13,7 +13,12 @@ finish); only what a step computes and costs differs by role:
               (first tokens after it), (b) one batch-1 forward per chunk of a longer
               prompt (the last chunk gives its first token and joins the batch), (c) one
               decode forward over every row, the ones that joined this step included;
-              priced by CostModel.engine_step_ms's terms, pass by pass.
+              priced by CostModel.engine_step_ms's terms, pass by pass.  With
+              `mixed_step` and the scheduler's chunking on (the engine's condition), a step
+              is ONE pass instead: every chunk of the plan (a whole prompt is one chunk,
+              prefix 0) and one decode token for every row already in the batch; all
+              tokens come at its end, and the prompts whose last chunk ran join the batch
+              without decoding in it (CostModel.mixed_step_ms).
   `chunk_tokens` (vLLM chunked prefill): a step computes at most this many tokens,
   decode tokens first, then prompt chunks of admitted requests in admission order; a
   prompt's first token comes with its last chunk.
@@ -138,12 +143,17 @@ class ColocatedInstance(Instance):
     role = "colocated"
 
     def __init__(self, name, sched, cost, step_mode: str = "replay", chunk_tokens: int | None = None,
-                 prefill_group_tokens: int = PREFILL_GROUP_TOKENS):
+                 prefill_group_tokens: int = PREFILL_GROUP_TOKENS, mixed_step: bool = False):
         super().__init__(name, sched, cost)
         self.prefill_group_tokens = prefill_group_tokens  # engine mode: the runner's forward size
         if step_mode not in ("replay", "engine"):
             raise ValueError(f"step_mode must be 'replay' or 'engine', got {step_mode!r}")
         self.step_mode = step_mode
+        # The engine's rule (runtime/engine.py): one pass a step where every prompt may be staged.
+        prefill = getattr(sched, "prefill", None)
+        self.one_pass = step_mode == "engine" and mixed_step and prefill is not None and prefill.chunking
+        if self.one_pass and cost.mixed is None:
+            raise ValueError("a one-pass engine replay needs CostModel.mixed coefficients")
         self.chunk_tokens = chunk_tokens
         self.pending: dict[str, int] = {}  # chunked prefill: prompt tokens still to compute
 
@@ -160,7 +170,9 @@ class ColocatedInstance(Instance):
         self.steps += 1
         if self.chunk_tokens:
             return self._step_chunked(now, out)
-        if self.step_mode == "engine":
+        if self.one_pass:
+            t = self._step_one_pass(now, out)
+        elif self.step_mode == "engine":
             t = self._step_engine(now, out)
         else:
             new_ids = {r.request_id for r in out.prefill}
@@ -196,6 +208,21 @@ class ColocatedInstance(Instance):
             t += cost.decode_ms([r.seq_len - 1 for r in rows]) / 1000.0
             for r in rows:
                 self._token(r, t)
+        return t
+
+    def _step_one_pass(self, now: float, out) -> float:
+        """One forward: the plan's chunks and the decode of the rows already in the batch."""
+        staged = {c.req.request_id for c in out.chunks}
+        rows = [r for r in out.running if r.request_id not in staged and not r.is_done and not r.is_prefilling]
+        chunks = [(c.start, c.tokens) for c in out.chunks]
+        self._count_prefill([n for _, n in chunks], False)
+        # a row's KV holds all but its newest token, which this pass feeds in
+        t = now + self.cost.mixed_step_ms(chunks, [r.seq_len - 1 for r in rows]) / 1000.0
+        for r in rows:
+            self._token(r, t)
+        for c in out.chunks:
+            if c.last:
+                self._token(c.req, t)
         return t
 
     def _step_chunked(self, now: float, out) -> float:
