@@ -89,6 +89,7 @@ def profile_policy(policy: str, reqs, model_dir: str, max_model_len: int, thread
         "prefill_calls": times.calls["prefill (model)"],
         "mean_prefill_batch": times.rows["prefill (model)"] / max(1, times.calls["prefill (model)"]),
         "prefill_chunks": times.calls["prefill chunks (model)"],
+        "one_pass_steps": times.calls["one-pass steps (model)"],  # chunks and decode in one forward
         "mean_chunk_tokens": times.rows["prefill chunks (model)"] / max(1, times.calls["prefill chunks (model)"]),
         "decode_steps": times.calls["decode (model)"],
         "mean_decode_batch": times.rows["decode (model)"] / max(1, times.calls["decode (model)"]),
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
             print(f"  {phase:32s} {s:8.2f}s  {100 * s / r['wall_s']:5.1f}%")
         print(f"  {'other (loop, locks, idle)':32s} {r['other_s']:8.2f}s  {100 * r['other_s'] / r['wall_s']:5.1f}%")
         print(f"  prefill: {r['prefill_calls']} calls, mean batch {r['mean_prefill_batch']:.1f}, padding efficiency {r['prefill_padding_efficiency']:.2f}")
-        print(f"  prefill chunks: {r['prefill_chunks']} calls, mean {r['mean_chunk_tokens']:.0f} tokens")
+        print(f"  prefill chunks: {r['prefill_chunks']} calls, mean {r['mean_chunk_tokens']:.0f} tokens; "
+              f"one-pass steps (chunks and decode in one forward): {r['one_pass_steps']}")
         print(f"  decode: {r['decode_steps']} steps, mean batch {r['mean_decode_batch']:.1f}, KV efficiency {r['decode_kv_efficiency']:.2f}; preemptions {r['preemptions']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

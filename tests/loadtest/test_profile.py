@@ -14,9 +14,12 @@ def test_profile_tiny_engine(tmp_path, capsys):
     assert rc == 0
     results = json.loads(out.read_text())
     assert [r["policy"] for r in results] == ["bucket", "static"]
+    bucket, static = results
+    assert bucket["one_pass_steps"] >= 1 and bucket["decode_steps"] == 0  # one forward a step
+    assert static["prefill_calls"] >= 1 and static["decode_steps"] >= 1 and static["one_pass_steps"] == 0
     for r in results:
-        assert r["prefill_calls"] >= 1 and r["decode_steps"] >= 1
         assert 0 < r["prefill_padding_efficiency"] <= 1
         assert sum(r["phases_s"].values()) <= r["wall_s"] * 1.01
         assert r["output_tokens_per_s"] > 0
-    assert "prefill (model)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "prefill (model)" in out and "one-pass steps (model)" in out
