@@ -198,11 +198,8 @@ class Runner:
             if stop == len(seq.input_ids):
                 joined.append(seq)
                 joined_logits.append(row_logits)
-        if joined:  # into the batch together: one placement (a reallocation at most) for all
-            join_all([self.staging.pop(seq.request_id) for seq in joined], self.kv)
-            for seq in joined:
-                self._index[seq.request_id] = len(self.rows)
-                self.rows.append(seq)
+        if joined:
+            self._join(joined)
             self._sample_and_append(joined, torch.cat(joined_logits))
         return rows + joined
 
@@ -227,10 +224,16 @@ class Runner:
         self._count_chunk(start, stop)
         if stop < len(seq.input_ids):
             return False
-        self.staging.pop(seq.request_id).join(self.kv)
-        self._index[seq.request_id] = len(self.rows)
-        self.rows.append(seq)
+        self._join([seq])
         return True
+
+    def _join(self, seqs: list[Sequence]) -> None:
+        """Move fully prefilled requests from their staging KVs into the batch, together: one
+        placement of the batch KV (a reallocation at most) however many join."""
+        join_all([self.staging.pop(seq.request_id) for seq in seqs], self.kv)
+        for seq in seqs:
+            self._index[seq.request_id] = len(self.rows)
+            self.rows.append(seq)
 
     def _prefill_group(self, inputs: list[list[int]], first_row: int, width: int) -> torch.Tensor:
         n = len(inputs)

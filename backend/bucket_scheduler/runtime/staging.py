@@ -72,11 +72,6 @@ class Staged:
         else:
             self.kv.advance(stop - start)
 
-    @torch.inference_mode()
-    def join(self, batch: BatchKV) -> None:
-        """Copy the computed KV into a new row of the batch, then free the staging buffers."""
-        join_all([self], batch)
-
 
 @torch.inference_mode()
 def join_all(staged: list[Staged], batch: BatchKV) -> None:
